@@ -1,0 +1,56 @@
+"""The lifecycle hooks a plugin may implement.
+
+Each hook may be implemented as a plain function or an ``async def``, and may take any
+subset of its arguments, by name (pluggy's rules). The runtime, not pluggy, calls them:
+one implementation at a time, in registration order, awaiting the ones that are async.
+See ``oversip_hooks._runtime`` for the rules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+PROJECT_NAME = "oversip_hooks"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def initialize(runtime: Runtime) -> None:
+    """Configure modules; runs once, before ``started``, and not again on reload.
+
+    OverSIP's ``SystemEvents.on_initialize``: the user calls each module's configuration
+    API here (``M.sqlite.add_pool(...)``). An exception or ``fatal()`` here is fatal.
+    """
+
+
+@hookspec
+def started(runtime: Runtime) -> None:
+    """Open network and database connections; runs once the trio runtime is running.
+
+    An exception or ``fatal()`` here is fatal; the implementations after it do not run.
+    """
+
+
+@hookspec
+def reload(runtime: Runtime) -> None:
+    """Re-read what can be re-read; runs on SIGHUP or ``runtime.reload()``.
+
+    An exception here is logged and the next implementation still runs; ``fatal()`` is
+    fatal.
+    """
+
+
+@hookspec
+def terminated(runtime: Runtime, error: bool) -> None:
+    """Release what ``started`` opened; runs once at shutdown, in reverse start order.
+
+    ``error`` is true when the runtime goes down because of ``fatal()``, an unhandled
+    exception in a hook or a service, or a failed start; false on a requested stop.
+    """
