@@ -88,11 +88,14 @@ def snapshot() -> CallbackRegistry:
 @contextmanager
 def using(registry: CallbackRegistry) -> Iterator[CallbackRegistry]:
     """Make ``registry`` the one ``SystemCallbacks`` adds to, inside the block."""
-    token = _current_registry.set(registry)
+    # Restored by value, not with a Token: pytest-trio may end a fixture's block in
+    # another context than the one that began it, where a Token cannot be used.
+    previous = _current_registry.get()
+    _current_registry.set(registry)
     try:
         yield registry
     finally:
-        _current_registry.reset(token)
+        _current_registry.set(previous)
 
 
 class SystemCallbacks:

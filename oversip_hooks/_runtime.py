@@ -43,6 +43,8 @@ LOG_ID = "runtime"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 _Ts = TypeVarTuple("_Ts")
+_Before = Callable[[str, str, dict[str, object]], object]
+_After = Callable[[BaseException | None, str, str, dict[str, object]], object]
 
 # The plugin whose hook, service or worker thread is running; services belong to it.
 _current_plugin: ContextVar[str | None] = ContextVar("oversip_hooks_plugin", default=None)
@@ -85,16 +87,17 @@ class _TaskStatus:
         self._inner.started(value)
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
+def leaf_exceptions(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` itself, or the exceptions inside it when it is a group, at any depth."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            yield from _leaves(inner)
+            yield from leaf_exceptions(inner)
     else:
         yield exc
 
 
 def _is_cancellation(exc: BaseException) -> bool:
-    return all(isinstance(leaf, trio.Cancelled) for leaf in _leaves(exc))
+    return all(isinstance(leaf, trio.Cancelled) for leaf in leaf_exceptions(exc))
 
 
 def _check_timeout(name: str, value: object) -> float:
@@ -153,6 +156,8 @@ class Runtime:
         self._callbacks = callbacks
         self._state = RuntimeState.CREATED
         self._state_listeners: list[Callable[[RuntimeState], object]] = []
+        self._monitors: list[tuple[_Before, _After]] = []
+        self._errors: list[BaseException] = []
         self._error = False  # the way down is unexpected: `terminated` gets error=True
         self._failed = False  # the exit status is 1
         self._announced_failure = False
@@ -173,6 +178,12 @@ class Runtime:
         """Where the runtime is in its lifecycle."""
         return self._state
 
+    @property
+    def errors(self) -> list[BaseException]:
+        """Every exception that a hook or a service raised so far, in order; a
+        :class:`FatalError` for each ``fatal()``."""
+        return list(self._errors)
+
     def add_state_listener(self, listener: Callable[[RuntimeState], object]) -> None:
         """Call ``listener(state)`` in the runtime's thread at each change of state.
 
@@ -182,6 +193,22 @@ class Runtime:
         if not callable(listener):
             raise TypeError(f"listener must be callable, not {type(listener).__name__}")
         self._state_listeners.append(listener)
+
+    def add_call_monitor(self, before: _Before, after: _After) -> Callable[[], None]:
+        """Watch every call of a hook implementation, as pluggy's
+        ``add_hookcall_monitoring`` does for a whole hook.
+
+        Args:
+            before: called as ``before(hook, plugin_name, kwargs)`` just before.
+            after: called as ``after(outcome, hook, plugin_name, kwargs)`` just after,
+                ``outcome`` being what the implementation raised, or ``None``.
+
+        Returns:
+            A function that removes the monitor.
+        """
+        monitor = (before, after)
+        self._monitors.append(monitor)
+        return lambda: self._monitors.remove(monitor)
 
     def stop(self) -> None:
         """Request a graceful stop (``terminated`` gets ``error=False``).
@@ -296,6 +323,8 @@ class Runtime:
                         self._reload_wanted = trio.Event()
                         self._set_state(RuntimeState.RELOADING)
                         await self._run_reload()
+                        if self._until_stop.cancel_called:
+                            break  # stopped from within the reload: not running again
                         self._set_state(RuntimeState.RUNNING)
         # 4. `terminated` exactly once for each plugin whose `started` completed, in the
         #    reverse order, whatever the way down; 6. then that plugin's services are
@@ -307,7 +336,7 @@ class Runtime:
             for impl in turn.impls:
                 if self._until_stop.cancel_called:
                     return False  # a synchronous implementation asked to stop
-                error = await self._call(impl)
+                error = await self._call(hook, impl)
                 if error is not None:
                     self._report(error, turn.plugin_name, hook)
                     self._fail()
@@ -322,7 +351,7 @@ class Runtime:
             for impl in turn.impls:
                 if self._until_stop.cancel_called:
                     return
-                error = await self._call(impl)
+                error = await self._call("reload", impl)
                 if error is not None:
                     self._report(error, turn.plugin_name, "reload")
                     if _is_fatal(error):
@@ -339,7 +368,7 @@ class Runtime:
             for turn in self._termination_turns():
                 for impl in turn.impls:
                     with trio.CancelScope(deadline=deadline) as scope:
-                        error = await self._call(impl, error=self._error)
+                        error = await self._call("terminated", impl, error=self._error)
                     if scope.cancelled_caught:
                         self._shutdown_timed_out(f"terminated hook of {turn.plugin_name!r}")
                     elif error is not None:
@@ -375,27 +404,35 @@ class Runtime:
         by_plugin[CALLBACKS_PLUGIN_NAME] = self._callbacks_registry().impls("terminated")[::-1]
         return [_Turn(name, by_plugin.get(name, [])) for name in reversed(self._started)]
 
-    async def _call(self, impl: pluggy.HookImpl, **kwargs: object) -> BaseException | None:
+    async def _call(
+        self, hook: str, impl: pluggy.HookImpl, **kwargs: object
+    ) -> BaseException | None:
         """Call one implementation; return what it raised, if anything but a cancellation."""
         kwargs["runtime"] = self
+        for before, _ in self._monitors:
+            before(hook, impl.plugin_name, kwargs)
+        outcome: BaseException | None = None
         token = _current_plugin.set(impl.plugin_name)
         try:
             result = impl.function(*[kwargs[name] for name in impl.argnames])
             if inspect.isawaitable(result):
                 await result
         except BaseException as exc:
+            outcome = exc
             if _is_cancellation(exc):
                 raise
-            return exc
         finally:
             _current_plugin.reset(token)
-        return None
+            for _, after in self._monitors:
+                after(outcome, hook, impl.plugin_name, kwargs)
+        return outcome
 
     # -- failures -----------------------------------------------------------------------
 
     def _report(self, error: BaseException, plugin_name: str | None, where: str) -> None:
+        self._errors.append(error)
         log_id = self._log_id_of(plugin_name)
-        fatals = [leaf for leaf in _leaves(error) if isinstance(leaf, FatalError)]
+        fatals = [leaf for leaf in leaf_exceptions(error) if isinstance(leaf, FatalError)]
         for fatal_error in fatals:
             emit(log_id, "crit", fatal_error.error or fatal_error.message)
         if not fatals:
@@ -536,7 +573,7 @@ class Runtime:
 
 
 def _is_fatal(error: BaseException) -> bool:
-    return any(isinstance(leaf, FatalError) for leaf in _leaves(error))
+    return any(isinstance(leaf, FatalError) for leaf in leaf_exceptions(error))
 
 
 async def _flush_logs() -> None:

@@ -1,0 +1,801 @@
+"""The lifecycle rules of README, one section per rule, through the real runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Any
+
+import pluggy
+import pytest
+import trio
+import trio.testing
+
+from oversip_hooks import Runtime, SystemCallbacks, fatal, hookimpl
+from oversip_hooks.testing import LifecycleHarness
+
+from .scripted import Script, ScriptedPlugin
+
+
+def scripted(lifecycle: LifecycleHarness, *specs: str) -> None:
+    """Register plugins from specs like ``"b: started=raise async"``."""
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        plugin = ScriptedPlugin(name.strip())
+        for item in rest.split(","):
+            if item.strip():
+                hook, _, how = item.strip().partition("=")
+                outcome, *flags = how.split()
+                plugin.scripts[hook] = Script(outcome, is_async="async" in flags)  # type: ignore[arg-type]
+        lifecycle.register(plugin, name=plugin.name)
+
+
+class Sync:
+    @hookimpl
+    def initialize(self) -> None: ...
+
+    @hookimpl
+    def started(self) -> None: ...
+
+    @hookimpl
+    def reload(self) -> None: ...
+
+    @hookimpl
+    def terminated(self, error: bool) -> None: ...
+
+
+class Async:
+    @hookimpl
+    async def initialize(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    @hookimpl
+    async def started(self, runtime: Runtime) -> None:
+        await trio.lowlevel.checkpoint()
+
+    @hookimpl
+    async def reload(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    @hookimpl
+    async def terminated(self, runtime: Runtime, error: bool) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+# -- 1. Order ----------------------------------------------------------------------------
+
+
+async def test_hooks_run_in_registration_order_and_terminated_in_reverse(lifecycle):
+    for name, plugin in [("a", Sync()), ("b", Async()), ("c", Sync())]:
+        lifecycle.register(plugin, name=name)
+    assert await lifecycle.play("reload", "reload") == 0
+    assert lifecycle.trace == [
+        "a.initialize", "b.initialize", "c.initialize",
+        "a.started", "b.started", "c.started",
+        "a.reload", "b.reload", "c.reload",
+        "a.reload", "b.reload", "c.reload",
+        "c.terminated(error=False)", "b.terminated(error=False)", "a.terminated(error=False)",
+    ]  # fmt: skip
+
+
+async def test_tryfirst_and_trylast_are_honoured_and_terminated_mirrors_started(lifecycle):
+    class Last:
+        @hookimpl(trylast=True)
+        def started(self) -> None: ...
+
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def started(self) -> None: ...
+
+        @hookimpl(tryfirst=True)
+        def reload(self) -> None: ...
+
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    lifecycle.register(Last(), name="last")
+    lifecycle.register(Sync(), name="plain")
+    lifecycle.register(First(), name="first")
+    await lifecycle.play("reload")
+    assert [str(c) for c in lifecycle.calls if c.hook != "initialize"] == [
+        "first.started", "plain.started", "last.started",
+        "first.reload", "plain.reload",
+        "last.terminated(error=False)", "plain.terminated(error=False)",
+        "first.terminated(error=False)",
+    ]  # fmt: skip
+
+
+async def test_a_plugin_without_started_terminates_in_its_registration_place(lifecycle):
+    class OnlyTerminated:
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    lifecycle.register(Sync(), name="a")
+    lifecycle.register(OnlyTerminated(), name="b")
+    lifecycle.register(Sync(), name="c")
+    await lifecycle.play()
+    assert [str(c) for c in lifecycle.calls_to("terminated")] == [
+        "c.terminated(error=False)", "b.terminated(error=False)", "a.terminated(error=False)",
+    ]  # fmt: skip
+
+
+async def test_initialize_is_not_run_again_on_reload(lifecycle):
+    lifecycle.register(Sync(), name="a")
+    await lifecycle.play("reload", signal.SIGHUP, "reload")
+    assert len(lifecycle.calls_to("initialize")) == 1
+    assert len(lifecycle.calls_to("reload")) == 3
+
+
+async def test_callbacks_act_as_one_plugin_registered_before_all_others(lifecycle):
+    order: list[str] = []
+    lifecycle.register(Sync(), name="module")
+
+    @SystemCallbacks.on_started
+    def first_started() -> None:
+        order.append("started 1")
+
+    @SystemCallbacks.on_started
+    async def second_started(runtime: Runtime) -> None:
+        order.append("started 2")
+
+    SystemCallbacks.on_reload(lambda: order.append("reload"))
+    SystemCallbacks.on_terminated(lambda error: order.append(f"terminated 1 error={error}"))
+    SystemCallbacks.on_terminated(lambda: order.append("terminated 2"))
+
+    await lifecycle.play("reload")
+    assert order == ["started 1", "started 2", "reload", "terminated 2", "terminated 1 error=False"]
+    assert [str(c) for c in lifecycle.calls if c.hook in ("started", "terminated")] == [
+        "SystemCallbacks.started", "SystemCallbacks.started", "module.started",
+        "module.terminated(error=False)",
+        "SystemCallbacks.terminated(error=False)", "SystemCallbacks.terminated(error=False)",
+    ]  # fmt: skip
+
+
+async def test_callbacks_added_while_initialize_runs_take_part_in_that_run(lifecycle):
+    events: list[str] = []
+
+    class PoolModule:
+        @hookimpl
+        def initialize(self) -> None:
+            # as oversip-mod-mysql's add_pool does
+            SystemCallbacks.on_started(lambda: events.append("pool opened"))
+            SystemCallbacks.on_terminated(lambda error: events.append(f"pool closed {error}"))
+
+    lifecycle.register(PoolModule(), name="pool")
+    assert await lifecycle.play() == 0
+    assert events == ["pool opened", "pool closed False"]
+
+
+async def test_callbacks_of_one_run_do_not_leak_into_the_next(make_lifecycle):
+    events: list[str] = []
+
+    class PoolModule:
+        @hookimpl
+        def initialize(self) -> None:
+            SystemCallbacks.on_started(lambda: events.append("opened"))
+
+    for _ in range(2):
+        assert await make_lifecycle(PoolModule()).play() == 0
+    assert events == ["opened", "opened"]
+
+
+def test_a_callback_registered_after_started_began_is_refused(lifecycle):
+    class Late:
+        @hookimpl
+        def reload(self) -> None:
+            SystemCallbacks.on_started(lambda: None)
+
+    lifecycle.register(Late(), name="late")
+    assert lifecycle.run("reload") == 0
+    assert any(
+        "on_started() called after the 'started' hooks have run" in line for line in lifecycle.lines
+    )
+
+
+def test_callbacks_reject_what_is_not_callable_or_takes_unknown_arguments(lifecycle):
+    with pytest.raises(TypeError, match=r"on_started\(\) takes a callable .* not int"):
+        SystemCallbacks.on_started(42)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match=r"takes 'error', which 'reload' does not provide"):
+        SystemCallbacks.on_reload(lambda error: None)
+    with pytest.raises(TypeError, match=r"it may take any of: runtime, error"):
+        SystemCallbacks.on_terminated(lambda exit_code: None)
+
+    def handler(runtime: Runtime, error: bool) -> None: ...
+
+    assert SystemCallbacks.on_terminated(handler) is handler
+
+
+# -- 2. A failed start is fatal -----------------------------------------------------------
+
+
+async def test_an_exception_in_started_stops_the_rest_and_terminates_the_started(lifecycle):
+    scripted(lifecycle, "a:", "b: started=raise async", "c:")
+    assert await lifecycle.play("reload") == 1
+    assert lifecycle.trace == [
+        "a.initialize", "b.initialize", "c.initialize",
+        "a.started", "b.started raised ScriptError",
+        "a.terminated(error=True)",
+    ]  # fmt: skip
+    crit = [r for r in lifecycle.records if r.level == "crit"]
+    assert [r.log_id for r in crit] == ["b", "runtime"]
+    assert "started failed: ScriptError('b.started failed')" in crit[0].message
+    assert crit[1].message == "exiting with error status"
+
+
+async def test_fatal_in_started_logs_the_message_then_exiting_with_error_status(lifecycle):
+    scripted(lifecycle, "a:", "b: started=fatal", "c:")
+    assert await lifecycle.play() == 1
+    assert lifecycle.fatal_message == "b.started called fatal"
+    assert [line for line in lifecycle.lines if line.startswith("CRIT")] == [
+        "CRIT: <b> b.started called fatal",
+        "CRIT: <runtime> exiting with error status",
+    ]
+    assert lifecycle.trace[-1] == "a.terminated(error=True)"
+
+
+@pytest.mark.parametrize("outcome", ["raise", "fatal"])
+async def test_a_failure_in_initialize_starts_nothing(lifecycle, outcome):
+    scripted(lifecycle, "a:", f"b: initialize={outcome}", "c:")
+    assert await lifecycle.play() == 1
+    assert lifecycle.trace == [
+        "a.initialize",
+        "b.initialize raised " + ("ScriptError" if outcome == "raise" else "FatalError"),
+    ]
+
+
+async def test_the_traceback_of_a_failed_hook_is_logged(lifecycle, loguru_caplog):
+    scripted(lifecycle, "a: started=raise")
+    await lifecycle.play()
+    [record] = [r for r in loguru_caplog.records if r.levelname == "CRIT" and r.exc_info]
+    assert record.exc_info[0].__name__ == "ScriptError"
+    assert record.extra["log_id"] == "a"
+
+
+async def test_fatal_with_an_exception_logs_its_type_and_traceback(lifecycle, loguru_caplog):
+    class Checker:
+        @hookimpl
+        def started(self) -> None:
+            try:
+                int("ten")
+            except ValueError as exc:
+                fatal(exc)
+
+    lifecycle.register(Checker(), name="checker")
+    assert await lifecycle.play() == 1
+    assert "CRIT: <checker> invalid literal for int() with base 10: 'ten' (ValueError)" in (
+        lifecycle.lines
+    )
+    [record] = [r for r in loguru_caplog.records if r.exc_info]
+    assert record.exc_info[0] is ValueError
+
+
+# -- 3. Reloads never bring the service down ----------------------------------------------
+
+
+async def test_a_raising_reload_is_logged_and_the_others_still_run(lifecycle):
+    scripted(lifecycle, "a: reload=raise", "b: reload=ok async")
+    assert await lifecycle.play("reload", "reload") == 0
+    assert [str(c) for c in lifecycle.calls_to("reload")] == [
+        "a.reload raised ScriptError", "b.reload",
+        "a.reload raised ScriptError", "b.reload",
+    ]  # fmt: skip
+    assert sum("reload failed" in line for line in lifecycle.lines if "CRIT" in line) == 2
+    assert lifecycle.trace[-1] == "a.terminated(error=False)"
+
+
+async def test_fatal_in_reload_is_fatal(lifecycle):
+    scripted(lifecycle, "a: reload=fatal", "b:")
+    assert await lifecycle.play("reload", "reload") == 1
+    assert lifecycle.trace[-5:] == [
+        "a.started", "b.started",
+        "a.reload raised FatalError",
+        "b.terminated(error=True)", "a.terminated(error=True)",
+    ]  # fmt: skip
+
+
+async def test_reload_requests_during_a_reload_coalesce_into_one_more(lifecycle):
+    release = trio.Event()
+    entered = trio.Event()
+
+    class SlowReload:
+        @hookimpl
+        async def reload(self) -> None:
+            entered.set()
+            await release.wait()
+
+    lifecycle.register(SlowReload(), name="slow")
+    async with lifecycle.running() as runtime:
+        runtime.reload()
+        await entered.wait()
+        for _ in range(3):
+            runtime.reload()
+        release.set()
+        await lifecycle.reload()  # returns once a reload begun after this request is done
+    assert len(lifecycle.calls_to("reload")) == 2
+    assert lifecycle.overlapping_calls == []
+
+
+async def test_a_reload_requested_during_startup_runs_once_right_after_started(lifecycle):
+    class EarlyReloader:
+        @hookimpl
+        def initialize(self, runtime: Runtime) -> None:
+            runtime.reload()
+
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.reload()
+
+    lifecycle.register(EarlyReloader(), name="early")
+    lifecycle.register(Sync(), name="other")
+    async with lifecycle.running():
+        await lifecycle._wait_until(lambda: lifecycle._reloads_done == 1)
+    assert lifecycle.trace[:5] == [
+        "early.initialize", "other.initialize", "early.started", "other.started", "other.reload",
+    ]  # fmt: skip
+    assert len(lifecycle.calls_to("reload")) == 1
+
+
+# -- 4. terminated runs exactly once per started plugin -----------------------------------
+
+WAYS_DOWN: dict[str, tuple[tuple[Any, ...], str, bool, int]] = {
+    # name: (events, failing script, error flag, exit status)
+    "stop": (("stop",), "", False, 0),
+    "SIGTERM": ((signal.SIGTERM,), "", False, 0),
+    "SIGINT": ((signal.SIGINT,), "", False, 0),
+    "SIGQUIT": ((signal.SIGQUIT,), "", False, 0),
+    "fatal in reload": (("reload",), "reload=fatal", True, 1),
+    "crash in started": ((), "started=raise", True, 1),
+}
+
+
+@pytest.mark.parametrize("way_down", WAYS_DOWN, ids=list(WAYS_DOWN))
+async def test_terminated_runs_exactly_once_per_started_plugin(lifecycle, way_down):
+    events, failure, error, status = WAYS_DOWN[way_down]
+    scripted(lifecycle, "a:", "b:", f"z: {failure}")
+    assert await lifecycle.play(*events) == status
+    terminated = lifecycle.calls_to("terminated")
+    expected = ["b", "a"] if "started" in failure else ["z", "b", "a"]
+    assert [c.plugin for c in terminated] == expected
+    assert {c.error for c in terminated} == {error}
+    assert lifecycle.trace[-len(expected) :] == [str(c) for c in terminated]
+
+
+async def test_a_raising_terminated_is_logged_and_the_others_still_run(lifecycle):
+    scripted(lifecycle, "a:", "b: terminated=raise async")
+    assert await lifecycle.play() == 1
+    assert lifecycle.trace[-2:] == [
+        "b.terminated(error=False) raised ScriptError",
+        "a.terminated(error=False)",
+    ]
+    assert any(line.startswith("CRIT: <b> terminated failed") for line in lifecycle.lines)
+
+
+async def test_the_shutdown_timeout_cancels_the_one_in_progress_and_calls_the_rest(
+    make_lifecycle, autojump_clock
+):
+    reached: list[str] = []
+
+    class Hangs:
+        @hookimpl
+        async def terminated(self) -> None:
+            await trio.sleep_forever()
+
+    class AsyncCleanup:
+        @hookimpl
+        async def terminated(self) -> None:
+            reached.append("async entered")
+            await trio.lowlevel.checkpoint()
+            reached.append("async finished")
+
+    class SyncCleanup:
+        @hookimpl
+        def terminated(self) -> None:
+            reached.append("sync ran")
+
+    lifecycle = make_lifecycle(shutdown_timeout=10)
+    lifecycle.register(SyncCleanup(), name="sync")
+    lifecycle.register(AsyncCleanup(), name="async")
+    lifecycle.register(Hangs(), name="hangs")
+    start = trio.current_time()
+    assert await lifecycle.play() == 1
+    assert trio.current_time() - start == pytest.approx(10)
+    assert lifecycle.trace[-3:] == [
+        "hangs.terminated(error=False) cancelled",
+        "async.terminated(error=False) cancelled",
+        "sync.terminated(error=False)",
+    ]
+    assert reached == ["async entered", "sync ran"]
+    assert (
+        "CRIT: <runtime> terminated hook of 'hangs' cancelled: the shutdown timeout of 10 s ran out"
+    ) in lifecycle.lines
+
+
+# -- 5. started is bounded ----------------------------------------------------------------
+
+
+async def test_started_past_the_startup_timeout_is_fatal(make_lifecycle, autojump_clock):
+    class Hangs:
+        @hookimpl
+        async def started(self) -> None:
+            await trio.sleep_forever()
+
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    lifecycle = make_lifecycle(startup_timeout=8)
+    lifecycle.register(Sync(), name="a")
+    lifecycle.register(Hangs(), name="hangs")
+    lifecycle.register(Sync(), name="c")
+    assert await lifecycle.play() == 1
+    assert [str(c) for c in lifecycle.calls if c.hook != "initialize"] == [
+        "a.started", "hangs.started cancelled", "a.terminated(error=True)",
+    ]  # fmt: skip
+    assert "CRIT: <runtime> started did not complete within 8 s" in lifecycle.lines
+
+
+async def test_the_startup_timeout_bounds_started_as_a_whole(make_lifecycle, autojump_clock):
+    class Slow:
+        @hookimpl
+        async def started(self) -> None:
+            await trio.sleep(3)
+
+    lifecycle = make_lifecycle(startup_timeout=5)
+    lifecycle.register(Slow(), name="one")
+    lifecycle.register(Slow(), name="two")
+    assert await lifecycle.play() == 1
+    assert lifecycle.trace[-1] == "two.started cancelled"
+
+
+# -- 6. Services belong to the plugin that started them -----------------------------------
+
+
+async def test_services_run_until_their_plugin_has_terminated(lifecycle):
+    events: list[str] = []
+
+    class Owner:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def serve(self) -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                events.append(f"{self.name} service cancelled")
+
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.start_soon(self.serve)
+
+        @hookimpl
+        async def terminated(self) -> None:
+            await trio.lowlevel.checkpoint()
+            events.append(f"{self.name} terminated")
+
+    lifecycle.register(Owner("a"), name="a")
+    lifecycle.register(Owner("b"), name="b")
+    await lifecycle.play()
+    assert events == [
+        "b terminated", "b service cancelled", "a terminated", "a service cancelled",
+    ]  # fmt: skip
+
+
+async def test_start_waits_for_the_service_to_be_ready_and_returns_its_value(lifecycle):
+    class Server:
+        @hookimpl
+        async def started(self, runtime: Runtime) -> None:
+            self.port = await runtime.start(self.serve, 8080)
+
+        async def serve(self, port: int, task_status: Any) -> None:
+            task_status.started(port + 1)
+            await trio.sleep_forever()
+
+    server = Server()
+    lifecycle.register(server, name="server")
+    assert await lifecycle.play() == 0
+    assert server.port == 8081
+
+
+async def test_a_service_failing_before_it_is_ready_fails_the_start(lifecycle):
+    class Server:
+        @hookimpl
+        async def started(self, runtime: Runtime) -> None:
+            await runtime.start(self.serve)
+
+        async def serve(self, task_status: Any) -> None:
+            raise OSError("address already in use")
+
+    lifecycle.register(Server(), name="server")
+    assert await lifecycle.play() == 1
+    assert lifecycle.trace[-1] == "server.started raised OSError"
+
+
+@pytest.mark.parametrize("failure", ["raise", "fatal"])
+async def test_a_failing_service_brings_the_runtime_down_with_error(lifecycle, failure):
+    crashed = trio.Event()
+
+    class Flaky:
+        async def serve(self) -> None:
+            await crashed.wait()
+            if failure == "fatal":
+                fatal("lost the database")
+            raise ConnectionError("lost the database")
+
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.start_soon(self.serve)
+
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    lifecycle.register(Flaky(), name="flaky")
+    async with lifecycle.running():
+        crashed.set()
+        assert await lifecycle.wait_stopped() == 1
+    assert lifecycle.trace[-1] == "flaky.terminated(error=True)"
+    assert "CRIT: <runtime> exiting with error status" in lifecycle.lines
+    if failure == "fatal":
+        assert "CRIT: <flaky> lost the database" in lifecycle.lines
+
+
+async def test_fatal_works_from_a_worker_thread(lifecycle):
+    class Threaded:
+        @hookimpl
+        async def started(self) -> None:
+            await trio.to_thread.run_sync(fatal, "bad settings, seen by a thread")
+
+    lifecycle.register(Threaded(), name="threaded")
+    assert await lifecycle.play() == 1
+    assert lifecycle.fatal_message == "bad settings, seen by a thread"
+
+
+async def test_fatal_cannot_be_swallowed_by_except_exception(lifecycle):
+    class Careless:
+        @hookimpl
+        def started(self) -> None:
+            with contextlib.suppress(Exception):  # what plugin code is full of
+                fatal("really stop")
+
+    lifecycle.register(Careless(), name="careless")
+    assert await lifecycle.play() == 1
+
+
+async def test_a_service_started_from_a_service_belongs_to_the_same_plugin(lifecycle):
+    events: list[str] = []
+
+    class Nested:
+        async def outer(self, runtime: Runtime) -> None:
+            runtime.start_soon(self.inner)
+            await trio.sleep_forever()
+
+        async def inner(self) -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                events.append("inner cancelled")
+
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.start_soon(self.outer, runtime)
+
+        @hookimpl
+        def terminated(self) -> None:
+            events.append("terminated")
+
+    class Later:
+        @hookimpl
+        def terminated(self) -> None:
+            events.append("later terminated")
+
+    lifecycle.register(Later(), name="later")
+    lifecycle.register(Nested(), name="nested")
+    async with lifecycle.running():
+        await trio.testing.wait_all_tasks_blocked()
+    assert events == ["terminated", "inner cancelled", "later terminated"]
+
+
+# -- 7. Signals and stops during startup --------------------------------------------------
+
+
+async def test_a_stop_during_startup_cancels_the_started_in_progress(lifecycle):
+    class Stopper:
+        @hookimpl
+        async def started(self, runtime: Runtime) -> None:
+            runtime.stop()
+            await trio.sleep_forever()
+
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    lifecycle.register(Sync(), name="a")
+    lifecycle.register(Stopper(), name="stopper")
+    lifecycle.register(Sync(), name="c")
+    assert await lifecycle.play() == 0
+    assert [str(c) for c in lifecycle.calls if c.hook != "initialize"] == [
+        "a.started", "stopper.started cancelled", "a.terminated(error=False)",
+    ]  # fmt: skip
+
+
+async def test_a_stop_from_a_sync_started_skips_the_rest(lifecycle):
+    class Stopper:
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.stop()
+
+    lifecycle.register(Stopper(), name="stopper")
+    lifecycle.register(Sync(), name="b")
+    assert await lifecycle.play() == 0
+    assert "b.started" not in lifecycle.trace
+
+
+async def test_a_second_stop_signal_abandons_the_shutdown(lifecycle):
+    class SlowCleanup:
+        @hookimpl
+        async def terminated(self) -> None:
+            await trio.sleep_forever()
+
+    lifecycle.register(Sync(), name="a")
+    lifecycle.register(SlowCleanup(), name="slow")
+    async with lifecycle.running():
+        lifecycle.send_signal(signal.SIGTERM)
+        await trio.testing.wait_all_tasks_blocked()
+        lifecycle.send_signal(signal.SIGINT)
+    assert lifecycle.exit_status == 1
+    assert lifecycle.trace[-1] == "slow.terminated(error=False) cancelled"
+    assert "a.terminated(error=False)" not in lifecycle.trace
+    assert "CRIT: <runtime> SIGINT signal received again, abandoning the shutdown" in (
+        lifecycle.lines
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
+async def test_real_stop_signals_stop_gracefully(signum):
+    """A real signal, raised in this process, caught by the runtime's own handler."""
+    harness = LifecycleHarness()
+
+    class RaisesSignal:
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.start_soon(self.send)
+
+        async def send(self) -> None:
+            signal.raise_signal(signum)
+            await trio.sleep_forever()
+
+        @hookimpl
+        def terminated(self, error: bool) -> None:
+            self.error = error
+
+    plugin = RaisesSignal()
+    harness.pm.register(plugin, name="raiser")
+    with harness.isolated():
+        status = await Runtime(harness.pm, callbacks=harness.callbacks).run()
+    assert status == 0
+    assert plugin.error is False
+    name = signal.Signals(signum).name
+    assert f"NOTICE: <runtime> {name} signal received, exiting..." in harness.lines
+
+
+async def test_a_real_sighup_during_startup_is_held_until_started_completes():
+    harness = LifecycleHarness()
+    events: list[str] = []
+
+    class Plugin:
+        @hookimpl
+        def started(self) -> None:
+            signal.raise_signal(signal.SIGHUP)
+            events.append("started")
+
+        @hookimpl
+        def reload(self, runtime: Runtime) -> None:
+            events.append("reload")
+            runtime.stop()
+
+    harness.pm.register(Plugin(), name="p")
+    harness.pm.register(Sync(), name="later")
+    with harness.isolated():
+        runtime = Runtime(harness.pm, callbacks=harness.callbacks)
+        runtime.add_state_listener(lambda state: events.append(state.value))
+        assert await runtime.run() == 0
+    assert events == [
+        "initializing", "starting", "started", "running", "reloading", "reload", "stopping",
+        "stopped",
+    ]  # fmt: skip
+
+
+# -- 8. Invalid plugins never start -------------------------------------------------------
+
+
+class Typo:
+    @hookimpl
+    def startd(self) -> None: ...
+
+
+class Recorder:
+    called = False
+
+    @hookimpl
+    def initialize(self) -> None:
+        Recorder.called = True
+
+
+def test_an_unknown_hook_name_is_refused_before_anything_runs():
+    from oversip_hooks import run
+
+    with pytest.raises(pluggy.PluginValidationError) as info:
+        run(Recorder(), Typo())
+    assert type(info.value) is pluggy.PluginValidationError
+    assert str(info.value) == (
+        "plugin 'Typo': unknown hook 'startd'; did you mean 'started'? "
+        "(the hooks are initialize, started, reload, terminated)"
+    )
+    assert Recorder.called is False
+
+
+async def test_runtime_run_refuses_an_unknown_hook_plainly(lifecycle):
+    lifecycle.register(Recorder(), name="recorder")
+    lifecycle.register(Typo(), name="typo")
+    with pytest.raises(pluggy.PluginValidationError, match="plugin 'typo': unknown hook"):
+        await Runtime(lifecycle.pm, handle_signals=False).run()
+    assert Recorder.called is False
+
+
+def test_an_argument_missing_from_the_spec_is_refused():
+    from oversip_hooks import run
+
+    class Wrong:
+        @hookimpl
+        def started(self, runtime: Runtime, config: dict[str, str]) -> None: ...
+
+    with pytest.raises(pluggy.PluginValidationError, match=r"(?s)'Wrong'.*'started'.*config"):
+        run(Recorder(), Wrong())
+    assert Recorder.called is False
+
+
+@pytest.mark.parametrize(
+    ("marks", "message"),
+    [
+        ({"wrapper": True}, "marked as a wrapper"),
+        ({"tryfirst": True}, "terminated always runs in the reverse of the started order"),
+    ],
+)
+def test_hooks_the_runtime_cannot_honour_are_refused(lifecycle, marks, message):
+    class Odd:
+        @hookimpl(**marks)
+        def terminated(self):  # type: ignore[no-untyped-def]
+            yield
+
+    lifecycle.register(Odd(), name="odd")
+    with pytest.raises(pluggy.PluginValidationError, match=message):
+        lifecycle.run()
+    assert lifecycle.calls == []
+
+
+# -- 9. No log line is lost -----------------------------------------------------------------
+
+
+def test_no_log_line_is_lost_on_the_fatal_path(tmp_path):
+    from loguru import logger
+
+    from oversip_hooks import run
+
+    class Fails:
+        @hookimpl
+        def started(self) -> None:
+            fatal("cannot go on")
+
+    log_file = tmp_path / "server.log"
+    sink = logger.add(log_file, enqueue=True, format="{level}: {message}")
+    try:
+        assert run(Fails(), handle_signals=False) == 1
+        # No logger.complete() here: run() must have waited for the queue already.
+        lines = log_file.read_text().splitlines()
+    finally:
+        logger.remove(sink)
+    assert lines[-3:] == [
+        "CRIT: cannot go on",
+        "CRIT: exiting with error status",
+        "INFO: terminating on error",
+    ]
