@@ -180,8 +180,9 @@ class Runtime:
 
     @property
     def errors(self) -> list[BaseException]:
-        """Every exception that a hook or a service raised so far, in order; a
-        :class:`FatalError` for each ``fatal()``."""
+        """Every exception that a hook or a service raised so far, in order: a
+        :class:`FatalError` for each ``fatal()``, a ``TimeoutError`` for a startup that
+        ran out of time."""
         return list(self._errors)
 
     def add_state_listener(self, listener: Callable[[RuntimeState], object]) -> None:
@@ -307,11 +308,11 @@ class Runtime:
                 with trio.move_on_after(self.startup_timeout) as startup:
                     started = await self._run_startup_hook("started")
                 if startup.cancelled_caught:
-                    emit(
-                        LOG_ID,
-                        "crit",
-                        f"started did not complete within {self.startup_timeout:g} s",
+                    timeout = TimeoutError(
+                        f"started did not complete within {self.startup_timeout:g} s"
                     )
+                    self._errors.append(timeout)
+                    emit(LOG_ID, "crit", str(timeout))
                     self._fail()
                 elif started:
                     # 3. Reloads, one at a time, until a stop; requests made during

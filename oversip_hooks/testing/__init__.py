@@ -7,12 +7,23 @@ The pytest plugin (active once the package is installed) provides it as the
 lifecycle events and checks the framework's invariants after every step.
 """
 
-from ._harness import CapturedRecord, FaultInjector, HookCall, LifecycleEvent, LifecycleHarness
+from ._harness import (
+    CapturedRecord,
+    Fault,
+    FaultInjector,
+    HookCall,
+    LifecycleEvent,
+    LifecycleHarness,
+)
+from ._invariants import LifecycleInvariantError, check_lifecycle_invariants
 
 __all__ = [
     "CapturedRecord",
+    "Fault",
     "FaultInjector",
     "HookCall",
     "LifecycleEvent",
     "LifecycleHarness",
+    "LifecycleInvariantError",
+    "check_lifecycle_invariants",
 ]

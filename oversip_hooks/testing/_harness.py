@@ -28,9 +28,20 @@ from ..hookspecs import hookimpl
 
 _LEVEL_OF_LOGURU_NAME = {loguru_name: level for level, (loguru_name, _) in LEVELS.items()}
 
-LifecycleEvent = Literal["reload", "stop"] | signal.Signals
-"""What a test can do to a running runtime: request a reload or a stop, or send it a
-signal (SIGHUP, SIGTERM, SIGINT, SIGQUIT)."""
+Hook = Literal["initialize", "started", "reload", "terminated"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Make the next call of ``hook`` raise (``how="raise"``) or call ``fatal``."""
+
+    hook: Hook
+    how: Literal["raise", "fatal"] = "raise"
+
+
+LifecycleEvent = Literal["reload", "stop"] | signal.Signals | Fault
+"""What a test can do to a running runtime: request a reload or a stop, send it a signal
+(SIGHUP, SIGTERM, SIGINT, SIGQUIT), or make the next call of a hook fail (:class:`Fault`)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,8 @@ class LifecycleHarness:
         """Every hook call, in the order they ended."""
         self.records: list[CapturedRecord] = []
         self.states: list[RuntimeState] = []
+        self.errors_before_shutdown: list[BaseException] = []
+        """:attr:`errors` as they were when the shutdown began."""
         self.runtime: Runtime | None = None
         self.exit_status: int | None = None
         self._faults: FaultInjector | None = None
@@ -178,21 +191,35 @@ class LifecycleHarness:
         assert registered is not None, "a fresh harness blocks no plugin name"
         return registered
 
-    def inject_failure(self, hook: str, how: Literal["raise", "fatal"] = "raise") -> None:
-        """Make the next call of ``hook`` fail, from a plugin named ``"faults"``
-        registered after the others (at the first call of this method).
+    def register_fault_injector(self) -> FaultInjector:
+        """Register the :class:`FaultInjector` (named ``"faults"``) that
+        :meth:`inject_failure` arms, after the plugins registered so far; once only.
+
+        Registering it before the run lets a failure be injected into ``reload`` or
+        ``terminated`` while the runtime runs.
+        """
+        if self._faults is None:
+            self._faults = FaultInjector()
+            self.register(self._faults, name="faults")
+        return self._faults
+
+    def inject_failure(self, hook: Hook, how: Literal["raise", "fatal"] = "raise") -> None:
+        """Make the next call of ``hook`` fail, from the ``"faults"`` plugin, which is
+        registered now if :meth:`register_fault_injector` has not been called.
 
         Raises:
             ValueError: ``hook`` is not a lifecycle hook, or ``how`` is unknown.
+            RuntimeError: the run has begun and no fault injector was registered before.
         """
         if hook not in ("initialize", "started", "reload", "terminated"):
             raise ValueError(f"no lifecycle hook named {hook!r}")
         if how not in ("raise", "fatal"):
             raise ValueError(f"how must be 'raise' or 'fatal', not {how!r}")
-        if self._faults is None:
-            self._faults = FaultInjector()
-            self.register(self._faults, name="faults")
-        self._faults.armed[hook] = how
+        if self._faults is None and self.runtime is not None:
+            raise RuntimeError(
+                "inject_failure() during a run needs register_fault_injector() before it"
+            )
+        self.register_fault_injector().armed[hook] = how
 
     @contextmanager
     def isolated(self) -> Iterator[LifecycleHarness]:
@@ -235,20 +262,31 @@ class LifecycleHarness:
         runtime.add_call_monitor(self._before_call, self._after_call)
         self.runtime = runtime
         with self.isolated():
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self._run, runtime)
-                try:
-                    yield runtime
-                finally:
-                    runtime.stop()
-                    await self.wait_stopped()
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._run, runtime)
+                    try:
+                        yield runtime
+                    finally:
+                        runtime.stop()
+                        await self.wait_stopped()
+            except BaseExceptionGroup as group:
+                # What the test's own block raised (a failed assert, say) reaches it as
+                # itself, not wrapped in the group of a nursery it never opened.
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
 
     async def play(self, *events: LifecycleEvent) -> int:
         """Start, apply ``events`` in order, stop; return the exit status.
 
         ``"reload"`` and SIGHUP wait for the reload to finish; ``"stop"`` and the stop
-        signals do not wait, so that a second stop signal can arrive during the shutdown.
+        signals do not wait, so that a second stop signal can arrive during the shutdown;
+        a :class:`Fault` arms the next call of its hook (the fault injector is registered
+        before the run when ``events`` holds one).
         """
+        if any(isinstance(event, Fault) for event in events):
+            self.register_fault_injector()
         async with self.running():
             for event in events:
                 await self.apply(event)
@@ -274,6 +312,8 @@ class LifecycleHarness:
             self._running_runtime().stop()
         elif isinstance(event, signal.Signals):
             self.send_signal(event)
+        elif isinstance(event, Fault):
+            self.inject_failure(event.hook, event.how)
         else:
             raise ValueError(f"unknown lifecycle event {event!r}")
 
@@ -381,6 +421,8 @@ class LifecycleHarness:
         self._changed = trio.Event()
 
     def _on_state(self, state: RuntimeState) -> None:
+        if state is RuntimeState.STOPPING:
+            self.errors_before_shutdown = self.errors
         if state is RuntimeState.RELOADING:
             self._reloads_begun += 1
         elif self.states and self.states[-1] is RuntimeState.RELOADING:
