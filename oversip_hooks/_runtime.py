@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, TypeVarTuple, Unpack
 
 import pluggy
 import trio
+from loguru import logger
 
 from ._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot, using
 from ._fatal import FatalError
@@ -580,8 +581,6 @@ def _is_fatal(error: BaseException) -> bool:
 async def _flush_logs() -> None:
     # loguru's complete() waits for enqueued and coroutine sinks, so that no line of the
     # way down is lost when the process exits right after run() returns.
-    from loguru import logger
-
     await logger.complete()
 
 
@@ -612,8 +611,6 @@ def run(*plugins: object, **runtime_options: Any) -> int:
 
 
 def _replace_default_log_handler() -> None:
-    from loguru import logger
-
     try:
         logger.remove(0)  # loguru's default handler, if the application has not removed it
     except ValueError:
