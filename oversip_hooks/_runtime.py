@@ -335,9 +335,11 @@ class Runtime:
 
     async def _run_startup_hook(self, hook: str) -> bool:
         for turn in self._schedule(hook):
+            if self._until_stop.cancel_called:
+                return False  # a synchronous implementation asked to stop
             for impl in turn.impls:
                 if self._until_stop.cancel_called:
-                    return False  # a synchronous implementation asked to stop
+                    return False  # the previous callback of this turn asked to stop
                 error = await self._call(hook, impl)
                 if error is not None:
                     self._report(error, turn.plugin_name, hook)
@@ -386,8 +388,7 @@ class Runtime:
         """Every plugin's turn at ``hook``: tryfirst, then the rest, then trylast, each
         group in registration order, with the SystemCallbacks registry first of all."""
         rank = {name: index for index, (name, _) in enumerate(self.pm.list_name_plugin())}
-        by_plugin: dict[str, list[pluggy.HookImpl]] = {CALLBACKS_PLUGIN_NAME: []}
-        by_plugin[CALLBACKS_PLUGIN_NAME] = self._callbacks_registry().impls(hook)
+        by_plugin = {CALLBACKS_PLUGIN_NAME: self._callbacks_registry().impls(hook)}
         for name, plugin in self.pm.list_name_plugin():
             if plugin is not None:
                 by_plugin[name] = []

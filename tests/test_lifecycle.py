@@ -624,10 +624,20 @@ async def test_a_stop_from_a_sync_started_skips_the_rest(lifecycle):
         def started(self, runtime: Runtime) -> None:
             runtime.stop()
 
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    class NoStarted:
+        @hookimpl
+        def terminated(self) -> None: ...
+
     lifecycle.register(Stopper(), name="stopper")
+    lifecycle.register(NoStarted(), name="no_started")
     lifecycle.register(Sync(), name="b")
     assert await lifecycle.play() == 0
-    assert "b.started" not in lifecycle.trace
+    assert [str(c) for c in lifecycle.calls if c.hook != "initialize"] == [
+        "stopper.started", "stopper.terminated(error=False)",
+    ]  # fmt: skip
 
 
 async def test_a_second_stop_signal_abandons_the_shutdown(lifecycle):
@@ -798,4 +808,31 @@ def test_no_log_line_is_lost_on_the_fatal_path(tmp_path):
         "CRIT: cannot go on",
         "CRIT: exiting with error status",
         "INFO: terminating on error",
+    ]
+
+
+async def test_a_real_second_stop_signal_abandons_the_shutdown():
+    harness = LifecycleHarness()
+
+    class Plugin:
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.start_soon(self.interrupt)
+
+        async def interrupt(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+            await trio.sleep_forever()
+
+        @hookimpl
+        async def terminated(self) -> None:
+            signal.raise_signal(signal.SIGTERM)
+            await trio.sleep_forever()
+
+    harness.pm.register(Sync(), name="first")
+    harness.pm.register(Plugin(), name="plugin")
+    with harness.isolated():
+        assert await Runtime(harness.pm, callbacks=harness.callbacks).run() == 1
+    assert [line for line in harness.lines if "signal" in line] == [
+        "NOTICE: <runtime> SIGINT signal received, exiting...",
+        "CRIT: <runtime> SIGTERM signal received again, abandoning the shutdown",
     ]
