@@ -37,7 +37,7 @@ from loguru import logger
 from ._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot, using
 from ._fatal import FatalError
 from ._logging import add_console_sink, emit
-from ._manager import get_plugin_manager, readable_name, validate
+from ._manager import LIFECYCLE_HOOKS, get_plugin_manager, readable_name, validate
 from ._modules import active_plugin_manager
 
 LOG_ID = "runtime"
@@ -212,6 +212,28 @@ class Runtime:
         self._monitors.append(monitor)
         return lambda: self._monitors.remove(monitor)
 
+    def hook_order(self, hook: str) -> list[str]:
+        """The plugins that implement ``hook``, in the order the runtime will call them
+        (for ``terminated``: were every plugin to start). ``"SystemCallbacks"`` stands for
+        the callbacks registered so far.
+
+        Raises:
+            ValueError: ``hook`` is not a lifecycle hook.
+
+        Example::
+
+            >>> runtime.hook_order("terminated")
+            ['server', 'sqlite', 'SystemCallbacks']
+        """
+        if hook not in LIFECYCLE_HOOKS:
+            raise ValueError(f"no lifecycle hook named {hook!r}; the hooks are {LIFECYCLE_HOOKS}")
+        if hook == "terminated":
+            every_plugin = [turn.plugin_name for turn in self._schedule("started")]
+            turns = self._termination_turns(every_plugin)
+        else:
+            turns = self._schedule(hook)
+        return [turn.plugin_name for turn in turns if turn.impls]
+
     def stop(self) -> None:
         """Request a graceful stop (``terminated`` gets ``error=False``).
 
@@ -369,7 +391,7 @@ class Runtime:
         self._callbacks_registry().closed_hooks.add("terminated")
         deadline = trio.current_time() + self.shutdown_timeout
         with self._abandon_shutdown:
-            for turn in self._termination_turns():
+            for turn in self._termination_turns(self._started):
                 for impl in turn.impls:
                     with trio.CancelScope(deadline=deadline) as scope:
                         error = await self._call("terminated", impl, error=self._error)
@@ -402,10 +424,10 @@ class Runtime:
 
         return sorted((_Turn(name, impls) for name, impls in by_plugin.items()), key=order)
 
-    def _termination_turns(self) -> list[_Turn]:
+    def _termination_turns(self, started: list[str]) -> list[_Turn]:
         by_plugin = {impl.plugin_name: [impl] for impl in self.pm.hook.terminated.get_hookimpls()}
         by_plugin[CALLBACKS_PLUGIN_NAME] = self._callbacks_registry().impls("terminated")[::-1]
-        return [_Turn(name, by_plugin.get(name, [])) for name in reversed(self._started)]
+        return [_Turn(name, by_plugin.get(name, [])) for name in reversed(started)]
 
     async def _call(
         self, hook: str, impl: pluggy.HookImpl, **kwargs: object
@@ -571,7 +593,8 @@ class Runtime:
         return log_id if isinstance(log_id, str) else plugin_name or LOG_ID
 
     def _callbacks_registry(self) -> CallbackRegistry:
-        assert self._callbacks is not None, "set by run()"
+        if self._callbacks is None:  # not running yet: what run() would start from
+            return snapshot()
         return self._callbacks
 
 

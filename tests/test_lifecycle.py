@@ -836,3 +836,28 @@ async def test_a_real_second_stop_signal_abandons_the_shutdown():
         "NOTICE: <runtime> SIGINT signal received, exiting...",
         "CRIT: <runtime> SIGTERM signal received again, abandoning the shutdown",
     ]
+
+
+def test_hook_order_tells_the_order_before_the_run(lifecycle):
+    class Last:
+        @hookimpl(trylast=True)
+        def started(self) -> None: ...
+
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    class NoStarted:
+        @hookimpl
+        def terminated(self) -> None: ...
+
+    lifecycle.register(Last(), name="last")
+    lifecycle.register(NoStarted(), name="no_started")
+    lifecycle.register(Sync(), name="plain")
+    SystemCallbacks.on_terminated(lambda: None)
+    runtime = Runtime(lifecycle.pm, handle_signals=False)
+    assert runtime.hook_order("started") == ["plain", "last"]
+    assert runtime.hook_order("terminated") == ["last", "plain", "no_started", "SystemCallbacks"]
+    with pytest.raises(ValueError, match="no lifecycle hook named 'stopped'"):
+        runtime.hook_order("stopped")
+    lifecycle.run()
+    assert [c.plugin for c in lifecycle.calls_to("terminated")] == runtime.hook_order("terminated")

@@ -1,0 +1,279 @@
+# The command line is a thin layer over the library: it turns options and the environment
+# into log sinks, a plugin manager, a PID file and a systemd notifier, and hands the rest
+# to Runtime. All bad input is found here, before Runtime.run() is called, and each problem
+# is reported as one line on standard error with exit status 2, argparse's own status for
+# usage errors, with a traceback only under --debug; from run() on, the runtime's exit
+# status (0 or 1) is the command's. Subcommands (run, check, plugins), as pip and
+# systemctl have, rather than flags of one command, because each has options of its own.
+#
+# Bad input is printed as plain lines rather than sent through the log sinks, as every
+# command's usage errors are: part of it is found before the sinks exist, and it is read by
+# a person, at a terminal or in the journal, where standard error goes under systemd.
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import NoReturn
+
+import pluggy
+import trio
+from loguru import logger
+
+from . import _settings
+from ._discovery import ENTRY_POINT_GROUP, Plugins, Source, load
+from ._logging import add_console_sink
+from ._manager import LIFECYCLE_HOOKS
+from ._notify import Notifier
+from ._pidfile import pid_file
+from ._runtime import Runtime
+from ._settings import ConfigError
+from ._sinks import add_json_sink, add_syslog_sink
+
+PROG = "oversip-hooks"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``oversip-hooks`` command; return its exit status: 0 clean stop, 1 error
+    once the lifecycle has begun, 2 bad input (nothing was started).
+
+    Args:
+        argv: the arguments after the program's name; ``sys.argv[1:]`` by default.
+
+    Example::
+
+        raise SystemExit(main(["check", "server.py"]))
+    """
+    options = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = options.command
+    try:
+        return command(options)
+    except ConfigError as exc:
+        _report(str(exc), exc, debug=options.debug)
+        return 2
+
+
+# -- the commands ------------------------------------------------------------------------
+
+
+def _run(options: argparse.Namespace) -> int:
+    _settings.resolve(options, os.environ)
+    notifier = Notifier.from_environ(os.environ)
+    logger.remove()
+    if options.log_format == "json":
+        add_json_sink(sys.stderr, level=options.log_level)
+    else:
+        add_console_sink(sys.stderr, level=options.log_level)
+    if options.syslog is not None:
+        add_syslog_sink(options.syslog, facility=options.syslog_facility, level=options.log_level)
+    plugins = _load(options)
+    if plugins.problems:
+        return _refuse(plugins, debug=options.debug)
+    timeouts = {
+        name: getattr(options, name)
+        for name in ("startup_timeout", "shutdown_timeout")
+        if getattr(options, name) is not None
+    }
+    runtime = Runtime(plugins.pm, **timeouts)
+    with ExitStack() as stack:
+        if options.pidfile is not None:
+            stack.enter_context(pid_file(options.pidfile))
+        return trio.run(_serve, runtime, notifier)
+
+
+async def _serve(runtime: Runtime, notifier: Notifier | None) -> int:
+    if notifier is None:
+        return await runtime.run()
+    runtime.add_state_listener(notifier.on_state)
+    async with trio.open_nursery() as nursery:
+        if notifier.watchdog_interval is not None:
+            await nursery.start(notifier.keep_alive)
+        status = await runtime.run()
+        nursery.cancel_scope.cancel()
+    return status
+
+
+def _check(options: argparse.Namespace) -> int:
+    plugins = _load_for_inspection(options)
+    if plugins.problems:
+        return _refuse(plugins, debug=options.debug)
+    names = ", ".join(source.name for source in plugins.sources)
+    print(f"{PROG}: ok (plugins: {names or 'none'})")
+    return 0
+
+
+def _list_plugins(options: argparse.Namespace) -> int:
+    plugins = _load_for_inspection(options)
+    if plugins.problems:
+        return _refuse(plugins, debug=options.debug)
+    order = _hook_order(plugins.pm)
+    if options.json:
+        listed = [dataclasses.asdict(source) for source in plugins.sources]
+        print(json.dumps({"plugins": listed, "hooks": order}, indent=2))
+        return 0
+    print("plugins, in registration order:")
+    rows = [(source.name, source.origin, _where(source)) for source in plugins.sources]
+    print("\n".join(_columns(rows)) if rows else "  (none)")
+    print("\nhooks, in call order:")
+    hooks = [(hook, ", ".join(names) or "(none)") for hook, names in order.items()]
+    print("\n".join(_columns(hooks)))
+    return 0
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _hook_order(pm: pluggy.PluginManager) -> dict[str, list[str]]:
+    """The plugins whose implementations of each hook run, in the order they run, with
+    ``SystemCallbacks`` standing for the callbacks registered so far."""
+    runtime = Runtime(pm, handle_signals=False)
+    return {hook: runtime.hook_order(hook) for hook in LIFECYCLE_HOOKS}
+
+
+def _load(options: argparse.Namespace) -> Plugins:
+    return load(
+        options.server,
+        options.modules,
+        entry_points=not options.no_entrypoints,
+        blocked=set(options.blocked),
+    )
+
+
+def _load_for_inspection(options: argparse.Namespace) -> Plugins:
+    """Load as ``run`` does, with whatever the plugins log at import on standard error."""
+    logger.remove()
+    add_console_sink(sys.stderr)
+    return _load(options)
+
+
+def _refuse(plugins: Plugins, *, debug: bool) -> int:
+    for problem in plugins.problems:
+        _report(problem.message, problem.error, debug=debug)
+    return 2
+
+
+def _report(message: str, error: BaseException | None, *, debug: bool) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if debug and error is not None:
+        traceback.print_exception(error, file=sys.stderr)
+
+
+def _where(source: Source) -> str:
+    """``target from dist 1.0 (path)``, each part when known and not said already."""
+    where = source.target
+    if source.distribution:
+        where += f" from {source.distribution} {source.version}"
+    if source.path and source.path != source.target:
+        where += f" ({source.path})"
+    return where
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Indented lines with every column but the last padded to its widest cell."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    return ["  " + "  ".join([*map(str.ljust, row, widths), row[-1]]) for row in rows]
+
+
+# -- the parser --------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with each usage error on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _blocked(text: str) -> str:
+    name = text.removeprefix("no:")
+    if name == text or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected no:NAME to block the entry point NAME, not {text!r}; load a module "
+            "with --plugin MODULE"
+        )
+    return name
+
+
+def _parser() -> argparse.ArgumentParser:
+    version = f"{PROG} {importlib.metadata.version('oversip-hooks')}"
+    common = _Parser(add_help=False)
+    common.add_argument("--version", action="version", version=version)
+    common.add_argument(
+        "server",
+        nargs="?",
+        type=Path,
+        metavar="SERVER_PY",
+        help="the server file: its hook functions form the plugin 'server', registered "
+        "last (functions named initialize, started, reload and terminated count even "
+        "without @hookimpl)",
+    )
+    common.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        dest="modules",
+        metavar="MODULE",
+        help="load the module MODULE (a dotted path) as a plugin, after the entry points; "
+        "repeatable, loaded in the order given",
+    )
+    common.add_argument(
+        "-p",
+        action="append",
+        default=[],
+        dest="blocked",
+        type=_blocked,
+        metavar="no:NAME",
+        help="do not load the entry point NAME, as 'plugins' lists it; repeatable",
+    )
+    common.add_argument(
+        "--no-entrypoints",
+        action="store_true",
+        help=f"load no entry points of the group {ENTRY_POINT_GROUP!r}",
+    )
+    common.add_argument(
+        "--debug", action="store_true", help="show the Python traceback behind bad input"
+    )
+
+    parser = _Parser(
+        prog=PROG,
+        description="Run plugins through their lifecycle: initialize, started, reload "
+        "(SIGHUP), terminated (SIGTERM, SIGINT).",
+        epilog="Exit status: 0 clean stop, 1 error once the lifecycle has begun, "
+        "2 bad input (nothing started).",
+    )
+    parser.add_argument("--version", action="version", version=version)
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="load the plugins and run them until stopped",
+        description="Load the plugins, validate them and run their lifecycle. "
+        "A flag wins over its environment variable.",
+    )
+    _settings.add_arguments(run)
+    run.set_defaults(command=_run)
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="load and validate the plugins without starting them",
+        description="Load and validate every plugin without starting any; list every problem.",
+    )
+    check.set_defaults(command=_check)
+    plugins = commands.add_parser(
+        "plugins",
+        parents=[common],
+        help="list the plugins and the order in which each hook runs",
+        description="List every plugin, where it came from, and for each hook the order "
+        "in which its implementations run.",
+    )
+    plugins.add_argument("--json", action="store_true", help="print JSON, for machines")
+    plugins.set_defaults(command=_list_plugins)
+    return parser

@@ -1,0 +1,997 @@
+"""The `oversip-hooks` command, run for real: `python -m oversip_hooks` in a child process,
+real signals, a real unix datagram socket as NOTIFY_SOCKET, real syslog sockets, real PID
+files. Every wait is for an event (a line, a datagram, the child's exit) with a timeout."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import sysconfig
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import DEVNULL, PIPE
+
+import pytest
+import trio
+
+TIMEOUT = 30  # seconds for any one event; generous, for a loaded CI machine
+COMMAND = (sys.executable, "-m", "oversip_hooks")
+
+# The modules installed in this environment (oversip-mod-sqlite in CI) would join every
+# run; the tests block them, as an operator would with -p, to see only their own.
+BLOCK_INSTALLED = [
+    arg
+    for entry_point in importlib.metadata.entry_points(group="oversip_hooks")
+    for arg in ("-p", f"no:{entry_point.name}")
+]
+
+
+def isolated(args: Sequence[str]) -> list[str]:
+    """``args``, with the installed modules blocked for the commands that load plugins."""
+    loads_plugins = bool(args) and args[0] in ("run", "check", "plugins")
+    return [*args, *BLOCK_INSTALLED] if loads_plugins else list(args)
+
+
+# The user's file: plain functions, which count as hooks in the server file only.
+SERVER = """
+    from oversip_hooks import get_logger
+
+    log = get_logger("server")
+
+    def initialize():
+        log.log_system_info("server initialize")
+
+    def started():
+        log.log_system_info("server started")
+
+    def reload():
+        log.log_system_info("server reload")
+
+    def terminated(error):
+        log.log_system_info(f"server terminated error={error}")
+"""
+
+# A module, whose hooks must be marked.
+MODULE_A = """
+    from oversip_hooks import get_logger, hookimpl
+
+    log = get_logger("mod_a")
+
+    @hookimpl
+    def started():
+        log.log_system_info("mod_a started")
+
+    @hookimpl
+    def reload():
+        log.log_system_info("mod_a reload")
+
+    @hookimpl
+    def terminated():
+        log.log_system_info("mod_a terminated")
+"""
+
+# An installed distribution with one entry point, as importlib.metadata finds it on
+# sys.path; the real pip-installed one is in test_a_pip_installed_module_runs.
+FAKE_DISTRIBUTION = {
+    "oversip_mod_fake-0.1.dist-info/METADATA": """
+        Metadata-Version: 2.1
+        Name: oversip-mod-fake
+        Version: 0.1
+    """,
+    "oversip_mod_fake-0.1.dist-info/entry_points.txt": """
+        [oversip_hooks]
+        fake = fake_mod
+    """,
+}
+
+
+def write(directory: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+
+
+def child_env(directory: Path, **variables: str) -> dict[str, str]:
+    """This environment without the command's own variables, with ``directory`` on the
+    module path (for --plugin modules and entry points), plus ``variables``."""
+    ours = ("OVERSIP_HOOKS_", "NOTIFY_SOCKET", "WATCHDOG_")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(ours)}
+    env["PYTHONPATH"] = str(directory)
+    env.update(variables)
+    return env
+
+
+@dataclass
+class Finished:
+    status: int
+    out: str
+    err: list[str]
+
+
+async def command(
+    directory: Path, *args: str, env: dict[str, str] | None = None, argv: Sequence[str] = COMMAND
+) -> Finished:
+    """Run the command to its end in ``directory``."""
+    with trio.fail_after(TIMEOUT):
+        done = await trio.run_process(
+            [*argv, *isolated(args)],
+            cwd=directory,
+            env=env if env is not None else child_env(directory),
+            stdin=DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return Finished(done.returncode, done.stdout.decode(), done.stderr.decode().splitlines())
+
+
+class Child:
+    """A running command whose standard error is read a line at a time."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._buffer = b""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def _next_line(self) -> str | None:
+        assert self.process.stderr is not None
+        while b"\n" not in self._buffer:
+            chunk = await self.process.stderr.receive_some()
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        self.lines.append(line.decode())
+        return self.lines[-1]
+
+    async def line(self, text: str) -> str:
+        """The next line of standard error that contains ``text``."""
+        with trio.fail_after(TIMEOUT):
+            while (line := await self._next_line()) is not None:
+                if text in line:
+                    return line
+        pytest.fail(f"exited without printing {text!r}:\n" + "\n".join(self.lines))
+
+    async def finish(self) -> int:
+        """Read standard error to its end; the exit status."""
+        with trio.fail_after(TIMEOUT):
+            while await self._next_line() is not None:
+                pass
+            return await self.process.wait()
+
+
+Spawn = Callable[..., Awaitable[Child]]
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    """Start the command in ``tmp_path``; whatever still runs at the end is killed."""
+    children: list[Child] = []
+
+    async def start(
+        *args: str, env: dict[str, str] | None = None, argv: Sequence[str] = COMMAND
+    ) -> Child:
+        process = await trio.lowlevel.open_process(
+            [*argv, *isolated(args)],
+            cwd=tmp_path,
+            env=env if env is not None else child_env(tmp_path),
+            stdin=DEVNULL,
+            stdout=DEVNULL,
+            stderr=PIPE,
+        )
+        children.append(Child(process))
+        return children[-1]
+
+    yield start
+    for child in children:
+        if child.process.poll() is None:
+            child.process.kill()
+            await child.process.wait()
+
+
+class Datagrams:
+    """A bound datagram socket: systemd's notification socket, or a syslog daemon's."""
+
+    def __init__(self, family: socket.AddressFamily, address: str | tuple[str, int]) -> None:
+        self._socket = socket.socket(family, socket.SOCK_DGRAM)
+        self._socket.setblocking(False)
+        self._socket.bind(address)
+
+    @property
+    def address(self) -> str | tuple[str, int]:
+        bound: str | bytes | tuple[str, int] = self._socket.getsockname()
+        if isinstance(bound, bytes):  # an abstract unix address, as NOTIFY_SOCKET spells it
+            return "@" + bound.removeprefix(b"\0").decode()
+        return bound
+
+    async def receive(self) -> bytes:
+        with trio.fail_after(TIMEOUT):
+            while True:
+                try:
+                    return self._socket.recv(65536)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self._socket)
+
+    async def collect(self, into: list[bytes]) -> None:
+        """Receive into ``into`` until cancelled: a unix socket's queue is short (ten
+        datagrams by default), and its sender blocks while it is full."""
+        while True:
+            await trio.lowlevel.wait_readable(self._socket)
+            into.extend(self.drain())
+
+    def drain(self) -> list[bytes]:
+        """Every datagram already received (all of them, once the sender has exited)."""
+        received = []
+        while True:
+            try:
+                received.append(self._socket.recv(65536))
+            except BlockingIOError:
+                return received
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def fields(datagram: bytes) -> dict[str, str]:
+    """An sd_notify message as a dict: ``{"READY": "1", "STATUS": "running"}``."""
+    return dict(line.split("=", 1) for line in datagram.decode().split("\n"))
+
+
+async def notifications_until(notify: Datagrams, key: str) -> list[dict[str, str]]:
+    """The notifications received up to and including the first that sets ``key``."""
+    received = [fields(await notify.receive())]
+    while key not in received[-1]:
+        received.append(fields(await notify.receive()))
+    return received
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[Datagrams]:
+    datagrams = Datagrams(socket.AF_UNIX, str(tmp_path / "notify"))
+    yield datagrams
+    datagrams.close()
+
+
+async def dead_pid() -> int:
+    """The id of a process that has exited."""
+    process = await trio.lowlevel.open_process(["true"])
+    with trio.fail_after(TIMEOUT):
+        await process.wait()
+    return process.pid
+
+
+# -- the lifecycle, under systemd ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+async def test_run_notifies_systemd_reloads_on_sighup_and_stops_on_signal(
+    tmp_path: Path, spawn: Spawn, notify: Datagrams, stop_signal: signal.Signals
+) -> None:
+    write(tmp_path, {"server.py": SERVER, "mod_a.py": MODULE_A})
+    pid_file = tmp_path / "run" / "oversip-hooks.pid"
+    pid_file.parent.mkdir()
+    pid_file.write_text(f"{await dead_pid()}\n")  # stale: replaced
+    child = await spawn(
+        "run",
+        "server.py",
+        "--plugin",
+        "mod_a",
+        "--pidfile",
+        str(pid_file),
+        env=child_env(tmp_path, NOTIFY_SOCKET=str(notify.address)),
+    )
+
+    assert await notifications_until(notify, "READY") == [
+        {"STATUS": "initializing"},
+        {"STATUS": "starting"},
+        {"READY": "1", "STATUS": "running"},
+    ]
+    assert pid_file.read_text() == f"{child.pid}\n"
+
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    os.kill(child.pid, signal.SIGHUP)
+    reloading = fields(await notify.receive())
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert reloading.keys() == {"RELOADING", "MONOTONIC_USEC", "STATUS"}
+    assert (reloading["RELOADING"], reloading["STATUS"]) == ("1", "reloading")
+    assert before <= int(reloading["MONOTONIC_USEC"]) <= after
+    assert fields(await notify.receive()) == {"READY": "1", "STATUS": "running"}
+    await child.line("<server> server reload")
+
+    os.kill(child.pid, stop_signal)
+    assert await child.finish() == 0
+    assert notify.drain() == [b"STOPPING=1\nSTATUS=stopping", b"STATUS=stopped"]
+    assert not pid_file.exists()
+
+    logged = [re.sub(r"^.*?: ", "", line) for line in child.lines]
+    assert f"<runtime> {stop_signal.name} signal received, exiting..." in logged
+    # The server file is registered last: its `started` runs after every module's, its
+    # `terminated` first.
+    hooks = [line for line in logged if re.match(r"<(server|mod_a)> \S+ (started|term)", line)]
+    assert hooks == [
+        "<mod_a> mod_a started",
+        "<server> server started",
+        "<server> server terminated error=False",
+        "<mod_a> mod_a terminated",
+    ]
+
+
+@pytest.mark.parametrize("watchdog_pid", ["ours", "another"])
+async def test_run_pings_the_watchdog_when_it_is_ours(
+    tmp_path: Path, spawn: Spawn, watchdog_pid: str
+) -> None:
+    write(tmp_path, {"server.py": SERVER})
+    # An abstract socket, the other form NOTIFY_SOCKET takes.
+    notify = Datagrams(socket.AF_UNIX, f"\0oversip-hooks-test-{uuid.uuid4()}")
+    env = child_env(tmp_path, NOTIFY_SOCKET=str(notify.address), WATCHDOG_USEC="100000")
+    if watchdog_pid == "ours":
+        # As systemd does it: WATCHDOG_PID is the id of the process it starts.
+        argv = ["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *COMMAND]
+    else:
+        argv, env["WATCHDOG_PID"] = list(COMMAND), str(os.getpid())
+    try:
+        child = await spawn("run", "server.py", env=env, argv=argv)
+        until_ready = await notifications_until(notify, "READY")
+        if watchdog_pid == "ours":
+            # The first ping goes out before the first hook runs; the next ones follow.
+            assert until_ready[0] == {"WATCHDOG": "1"}
+            await notifications_until(notify, "WATCHDOG")
+        os.kill(child.pid, signal.SIGTERM)
+        assert await child.finish() == 0
+        received = until_ready + [fields(datagram) for datagram in notify.drain()]
+    finally:
+        notify.close()
+    pinged = any("WATCHDOG" in message for message in received)
+    assert pinged is (watchdog_pid == "ours")
+
+
+# -- exit statuses -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "crit"),
+    [
+        pytest.param(
+            {
+                "server.py": """
+                    from oversip_hooks import fatal
+
+                    def started():
+                        fatal("invalid module settings, exiting")
+                """
+            },
+            ["server.py"],
+            "CRIT: <server> invalid module settings, exiting",
+            id="fatal-in-started",
+        ),
+        pytest.param(
+            {
+                "pool.py": """
+                    from oversip_hooks import hookimpl
+
+                    @hookimpl
+                    def initialize():
+                        raise ValueError("pool size must be > 0")
+                """
+            },
+            ["--plugin", "pool"],
+            "CRIT: <pool> initialize failed: ValueError('pool size must be > 0')",
+            id="bad-settings-in-initialize",
+        ),
+    ],
+)
+async def test_run_exits_1_on_fatal_or_error_once_the_lifecycle_began(
+    tmp_path: Path, files: dict[str, str], args: list[str], crit: str
+) -> None:
+    write(tmp_path, files)
+    finished = await command(tmp_path, "run", *args)
+    assert finished.status == 1
+    logged = [re.sub(r"^\S+ \S+ ", "", line) for line in finished.err]  # without the time
+    assert logged.index(crit) < logged.index("CRIT: <runtime> exiting with error status")
+
+
+HANGS_IN_STARTED = """
+    import trio
+
+    async def started():
+        await trio.sleep_forever()
+"""
+HANGS_IN_TERMINATED = """
+    import trio
+
+    def started(runtime):
+        runtime.stop()
+
+    async def terminated():
+        await trio.sleep_forever()
+"""
+
+
+@pytest.mark.parametrize(
+    ("server", "variables", "args", "expected"),
+    [
+        # A flag wins over its variable, even over one whose value is bad.
+        pytest.param(
+            HANGS_IN_STARTED,
+            {"OVERSIP_HOOKS_STARTUP_TIMEOUT": "soon"},
+            ["--startup-timeout", "0.1"],
+            "started did not complete within 0.1 s",
+            id="startup-from-flag",
+        ),
+        pytest.param(
+            HANGS_IN_TERMINATED,
+            {"OVERSIP_HOOKS_SHUTDOWN_TIMEOUT": "0.1"},
+            [],
+            "the shutdown timeout of 0.1 s ran out",
+            id="shutdown-from-environment",
+        ),
+    ],
+)
+async def test_run_timeouts_come_from_flags_or_environment(
+    tmp_path: Path, server: str, variables: dict[str, str], args: list[str], expected: str
+) -> None:
+    write(tmp_path, {"server.py": server})
+    env = child_env(tmp_path, **variables)
+    finished = await command(tmp_path, "run", "server.py", *args, env=env)
+    assert finished.status == 1
+    assert any(expected in line for line in finished.err), finished.err
+
+
+# Each case: files to write, arguments after `run`, extra environment, the one line expected.
+BAD_INPUT = [
+    pytest.param(
+        {},
+        ["nope.py"],
+        {},
+        r"nope\.py: cannot read the server file: No such file or directory",
+        id="missing-server-file",
+    ),
+    pytest.param(
+        {"conf/.keep": ""},
+        ["conf"],
+        {},
+        r"conf: cannot read the server file: Is a directory",
+        id="unreadable-server-file",
+    ),
+    pytest.param(
+        {"bad.py": "x = 1\ndef started(:\n    pass\n"},
+        ["bad.py"],
+        {},
+        r"bad\.py:2: SyntaxError: .+ \(while loading the server file\)",
+        id="syntax-error-in-server-file",
+    ),
+    pytest.param(
+        {"bad.py": "import os\n\nx = 1 / 0\n"},
+        ["bad.py"],
+        {},
+        r"bad\.py:3: ZeroDivisionError: division by zero \(while loading the server file\)",
+        id="server-file-raises",
+    ),
+    pytest.param(
+        {"broken.py": "import not_installed\n"},
+        ["server.py", "--plugin", "broken"],
+        {},
+        r".*broken\.py:1: ModuleNotFoundError: No module named 'not_installed' "
+        r"\(while loading --plugin 'broken'\)",
+        id="module-fails-to-import",
+    ),
+    pytest.param(
+        {},
+        ["server.py", "--plugin", "no_such_module"],
+        {},
+        r"ModuleNotFoundError: No module named 'no_such_module' "
+        r"\(while loading --plugin 'no_such_module'\)",
+        id="module-not-found",
+    ),
+    pytest.param(
+        {**FAKE_DISTRIBUTION, "fake_mod.py": "import os\n\nraise RuntimeError('no settings')\n"},
+        ["server.py"],
+        {},
+        r".*fake_mod\.py:3: RuntimeError: no settings "
+        r"\(while loading entry point 'fake' from oversip-mod-fake 0\.1\)",
+        id="entry-point-fails-to-import",
+    ),
+    pytest.param(
+        {
+            **FAKE_DISTRIBUTION,
+            "oversip_mod_fake-0.1.dist-info/entry_points.txt": "[oversip_hooks]\nserver = os\n",
+        },
+        ["server.py"],
+        {},
+        r"the server file: the name 'server' is already taken by entry point 'server' from "
+        r"oversip-mod-fake 0\.1",
+        id="entry-point-named-server",
+    ),
+    pytest.param(
+        {"typo.py": "from oversip_hooks import hookimpl\n\n@hookimpl\ndef startd():\n    pass\n"},
+        ["server.py", "--plugin", "typo"],
+        {},
+        r".*typo\.py:3: plugin 'typo': unknown hook 'startd'; did you mean 'started'\? .*",
+        id="unknown-hook",
+    ),
+    pytest.param(
+        {"bad.py": "def started(runtime, colour):\n    pass\n"},
+        ["bad.py"],
+        {},
+        r"bad\.py:1: .*'started'.*\{'colour'\} are declared in the hookimpl but can not be "
+        r"found in the hookspec",
+        id="argument-not-in-spec",
+    ),
+    pytest.param(
+        {},
+        ["server.py", "--log-level", "loud"],
+        {},
+        r"(?<=run: error: )argument --log-level: unknown log level 'loud'; expected one of "
+        r"debug, info, notice, warn, error, crit, alert, emerg .*",
+        id="bad-flag-value",
+    ),
+    pytest.param(
+        {},
+        ["server.py"],
+        {"OVERSIP_HOOKS_LOG_LEVEL": "loud"},
+        r"OVERSIP_HOOKS_LOG_LEVEL: unknown log level 'loud'; .*",
+        id="bad-environment-value",
+    ),
+    pytest.param(
+        {},
+        ["server.py", "--shutdown-timeout", "0"],
+        {},
+        r".*argument --shutdown-timeout: expected a positive number of seconds, not '0'.*",
+        id="bad-timeout",
+    ),
+    pytest.param(
+        {},
+        ["server.py", "--syslog-facility", "local9"],
+        {},
+        r".*argument --syslog-facility: unknown syslog facility 'local9'; .*",
+        id="bad-facility",
+    ),
+    pytest.param(
+        {},
+        ["server.py", "--syslog", "nowhere/log"],
+        {},
+        r"syslog socket nowhere/log: No such file or directory",
+        id="missing-syslog-socket",
+    ),
+    pytest.param(
+        {},
+        ["server.py", "-p", "fake"],
+        {},
+        r".*argument -p: expected no:NAME to block the entry point NAME, not 'fake'.*",
+        id="p-without-no",
+    ),
+    pytest.param(
+        {},
+        ["server.py"],
+        {"NOTIFY_SOCKET": "notify"},
+        r"NOTIFY_SOCKET: expected an absolute path or @name, not 'notify'",
+        id="bad-notify-socket",
+    ),
+    pytest.param(
+        {"pid": f"{os.getpid()}\n"},
+        ["server.py"],
+        {},
+        rf"pid file pid: process {os.getpid()} is running; not starting",
+        id="pid-file-of-a-live-process",
+    ),
+    pytest.param(
+        {"pid": "nameserver 127.0.0.1\n"},
+        ["server.py"],
+        {},
+        r"pid file pid: does not hold a process id; not replacing it",
+        id="pid-file-of-something-else",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "args", "env", "message"), BAD_INPUT)
+async def test_bad_input_exits_2_with_one_line_and_starts_nothing(
+    tmp_path: Path,
+    notify: Datagrams,
+    files: dict[str, str],
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    write(tmp_path, {"server.py": SERVER, **files})
+    pid_before = (tmp_path / "pid").read_text() if "pid" in files else None
+    variables = {"NOTIFY_SOCKET": str(notify.address), **env}
+
+    finished = await command(
+        tmp_path, "run", *args, "--pidfile", "pid", env=child_env(tmp_path, **variables)
+    )
+
+    assert finished.status == 2
+    assert len(finished.err) == 1, finished.err
+    assert re.fullmatch(r"oversip-hooks( run)?: error: " + message, finished.err[0])
+    # Nothing started: no hook logged (the line above is the only one), no PID file, not
+    # a word to systemd.
+    pid_after = (tmp_path / "pid").read_text() if (tmp_path / "pid").exists() else None
+    assert pid_after == pid_before
+    assert notify.drain() == []
+
+
+async def test_run_goes_on_when_systemd_cannot_be_notified(tmp_path: Path) -> None:
+    write(tmp_path, {"server.py": "def started(runtime):\n    runtime.stop()\n"})
+    env = child_env(tmp_path, NOTIFY_SOCKET=str(tmp_path / "nobody-listens"))
+    finished = await command(tmp_path, "run", "server.py", env=env)
+    assert finished.status == 0
+    warnings = [line for line in finished.err if "<systemd> cannot notify systemd" in line]
+    assert len(warnings) == 1, finished.err  # once, not at every state
+
+
+async def test_check_lists_every_problem_then_passes_once_fixed(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "typo.py": """
+                from oversip_hooks import hookimpl
+
+                @hookimpl
+                def startd():
+                    pass
+
+                @hookimpl
+                def reloda():
+                    pass
+            """,
+            "broken.py": "import not_installed\n",
+            "server.py": "def terminated(colour):\n    pass\n",
+        },
+    )
+    finished = await command(
+        tmp_path, "check", "server.py", "--plugin", "typo", "--plugin", "broken"
+    )
+    assert finished.status == 2
+    assert [
+        re.sub(r"^oversip-hooks: error: \S*?(\w+\.py:\d+): .*", r"\1", line)
+        for line in finished.err
+    ] == [
+        "typo.py:3",
+        "typo.py:7",
+        "broken.py:1",
+        "server.py:1",
+    ]
+    assert "did you mean 'started'?" in finished.err[0]
+    assert "did you mean 'reload'?" in finished.err[1]
+
+    write(tmp_path, {"server.py": SERVER, "mod_a.py": MODULE_A})
+    finished = await command(tmp_path, "check", "server.py", "--plugin", "mod_a")
+    assert (finished.status, finished.out, finished.err) == (
+        0,
+        "oversip-hooks: ok (plugins: mod_a, server)\n",
+        [],
+    )
+
+
+async def test_debug_shows_the_traceback_behind_bad_input(tmp_path: Path) -> None:
+    write(tmp_path, {"bad.py": "import not_installed\n"})
+    finished = await command(tmp_path, "run", "bad.py", "--debug")
+    assert finished.status == 2
+    assert finished.err[0].startswith("oversip-hooks: error: bad.py:1: ModuleNotFoundError")
+    assert "Traceback (most recent call last):" in finished.err
+
+
+async def test_version_from_the_script_and_the_module(tmp_path: Path) -> None:
+    version = importlib.metadata.version("oversip-hooks")
+    script = [str(Path(sys.executable).with_name("oversip-hooks"))]  # [project.scripts]
+    for argv, args in [(script, ["--version"]), (COMMAND, ["run", "--version"])]:
+        finished = await command(tmp_path, *args, argv=argv)
+        assert (finished.status, finished.out) == (0, f"oversip-hooks {version}\n")
+
+
+# -- logging -------------------------------------------------------------------------------
+
+
+async def test_json_log_lines_keep_each_record_on_one_line(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "server.py": r"""
+                from oversip_hooks import get_logger
+
+                log = get_logger("server")
+
+                def started(runtime):
+                    log.log_system_debug("debugging")
+                    log.log_notice("two\nlines\r\x1b[31m red\u2028end")
+                    try:
+                        1 / 0
+                    except ZeroDivisionError as error:
+                        log.log_system_error(error)
+                    runtime.stop()
+            """
+        },
+    )
+    # The format from the environment; the level from the flag, which wins over it.
+    env = child_env(tmp_path, OVERSIP_HOOKS_LOG_FORMAT="json", OVERSIP_HOOKS_LOG_LEVEL="emerg")
+    finished = await command(tmp_path, "run", "server.py", "--log-level", "debug", env=env)
+
+    assert finished.status == 0
+    assert all(line.isascii() and line.isprintable() for line in finished.err)
+    records = [json.loads(line) for line in finished.err]
+    for record in records:
+        assert {"time", "level", "log_id", "message"} <= record.keys() <= {*record, "exception"}
+        assert datetime.datetime.fromisoformat(record["time"]).tzinfo is not None
+    by_message = {record["message"]: record for record in records}
+    assert by_message["debugging"]["level"] == "debug"
+    forged = by_message["two\nlines\r\x1b[31m red\u2028end"]
+    assert (forged["level"], forged["log_id"], "exception" in forged) == ("notice", "server", False)
+    error = by_message["division by zero (ZeroDivisionError)"]
+    assert error["level"] == "error"
+    assert error["exception"].startswith("Traceback (most recent call last):")
+    assert error["exception"].endswith("ZeroDivisionError: division by zero\n")
+
+
+@pytest.mark.parametrize("transport", ["udp", "unix"])
+async def test_syslog_gets_one_datagram_per_record_with_each_level_priority(
+    tmp_path: Path, transport: str
+) -> None:
+    write(
+        tmp_path,
+        {
+            "server.py": """
+                from oversip_hooks import LEVELS, get_logger
+
+                log = get_logger("server")
+
+                def initialize():
+                    for number in range(20):  # more than a unix socket's queue holds
+                        log.log_system_debug(f"number {number}")
+                    for level in LEVELS:
+                        getattr(log, f"log_system_{level}")(f"level {level}")
+                    log.log_info("user says\\nhello\\x00")
+
+                def started(runtime):
+                    runtime.stop()
+            """
+        },
+    )
+    if transport == "udp":
+        syslog = Datagrams(socket.AF_INET, ("127.0.0.1", 0))
+        host, port = syslog.address
+        address = f"{host}:{port}"
+    else:
+        syslog = Datagrams(socket.AF_UNIX, str(tmp_path / "log"))
+        address = str(syslog.address)
+    received: list[bytes] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syslog.collect, received)
+            finished = await command(
+                tmp_path,
+                "run",
+                "server.py",
+                *("--syslog", address, "--syslog-facility", "local3", "--log-level", "debug"),
+            )
+            nursery.cancel_scope.cancel()
+        received += syslog.drain()
+    finally:
+        syslog.close()
+
+    assert finished.status == 0
+    shape = re.compile(r"<(\d+)>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d oversip-hooks\[\d+\]: (.*)")
+    priorities = {}
+    for datagram in received:
+        match = shape.fullmatch(datagram.decode())
+        assert match, datagram
+        priorities[match[2]] = int(match[1])
+    local3 = 19
+    severities = ["emerg", "alert", "crit", "error", "warn", "notice", "info", "debug"]
+    for severity, level in enumerate(severities):
+        assert priorities[f"<server> level {level}"] == local3 * 8 + severity
+    assert priorities["<server> [user] user says\\nhello\\x00"] == local3 * 8 + 6
+    assert priorities["<runtime> running"] == local3 * 8 + 5
+
+
+# -- listing plugins -----------------------------------------------------------------------
+
+LISTED = {
+    **FAKE_DISTRIBUTION,
+    "fake_mod.py": """
+        from oversip_hooks import get_logger, hookimpl
+
+        log = get_logger("fake")
+
+        @hookimpl
+        def started():
+            log.log_system_info("fake started")
+
+        @hookimpl
+        def terminated():
+            log.log_system_info("fake terminated")
+    """,
+    "mod_a.py": """
+        from oversip_hooks import SystemCallbacks, get_logger, hookimpl
+
+        log = get_logger("mod_a")
+
+        @hookimpl(tryfirst=True)
+        def started():
+            log.log_system_info("mod_a started")
+
+        @hookimpl
+        def reload():
+            pass
+
+        @SystemCallbacks.on_terminated
+        def closed():
+            log.log_system_info("SystemCallbacks terminated")
+    """,
+    "server.py": """
+        from oversip_hooks import get_logger
+
+        log = get_logger("server")
+
+        def initialize():
+            log.log_system_info("server initialize")
+
+        def started(runtime):
+            log.log_system_info("server started")
+            runtime.stop()
+
+        def terminated():
+            log.log_system_info("server terminated")
+    """,
+}
+
+
+async def test_plugins_lists_sources_and_the_order_that_run_follows(tmp_path: Path) -> None:
+    write(tmp_path, LISTED)
+    args = ["server.py", "--plugin", "mod_a"]
+
+    listed = await command(tmp_path, "plugins", *args, "--json")
+    assert listed.status == 0
+    listing = json.loads(listed.out)
+    assert [
+        (
+            plugin["name"],
+            plugin["origin"],
+            plugin["target"],
+            plugin["distribution"],
+            plugin["version"],
+        )
+        for plugin in listing["plugins"]
+    ] == [
+        ("fake", "entry point", "fake_mod", "oversip-mod-fake", "0.1"),
+        ("mod_a", "--plugin", "mod_a", None, None),
+        ("server", "server file", "server.py", None, None),
+    ]
+    assert listing["plugins"][0]["path"] == str(tmp_path / "fake_mod.py")
+    assert listing["hooks"] == {
+        "initialize": ["server"],
+        "started": ["mod_a", "fake", "server"],
+        "reload": ["mod_a"],
+        "terminated": ["server", "fake", "SystemCallbacks"],
+    }
+
+    # What `run` does is what `plugins` said.
+    ran = await command(tmp_path, "run", *args)
+    assert ran.status == 0
+    for hook in ("initialize", "started", "terminated"):
+        called = [m[1] for line in ran.err if (m := re.search(rf"> (\w+) {hook}$", line))]
+        assert called == listing["hooks"][hook]
+
+    text = await command(tmp_path, "plugins", *args)
+    assert text.out.splitlines() == [
+        "plugins, in registration order:",
+        f"  fake    entry point  fake_mod from oversip-mod-fake 0.1 ({tmp_path / 'fake_mod.py'})",
+        f"  mod_a   --plugin     mod_a ({tmp_path / 'mod_a.py'})",
+        "  server  server file  server.py",
+        "",
+        "hooks, in call order:",
+        "  initialize  server",
+        "  started     mod_a, fake, server",
+        "  reload      mod_a",
+        "  terminated  server, fake, SystemCallbacks",
+    ]
+
+
+@pytest.mark.parametrize("option", ["-p", "--no-entrypoints"])
+async def test_entry_points_can_be_blocked(tmp_path: Path, option: str) -> None:
+    write(tmp_path, LISTED)
+    args = ["-p", "no:fake"] if option == "-p" else [option]
+    listed = await command(tmp_path, "plugins", "server.py", *args, "--json")
+    assert listed.status == 0
+    assert [plugin["name"] for plugin in json.loads(listed.out)["plugins"]] == ["server"]
+
+
+# -- a real distribution -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_pip_installed_module_is_found_listed_and_run(tmp_path: Path, spawn: Spawn) -> None:
+    project = tmp_path / "oversip-mod-greeter"
+    write(
+        project,
+        {
+            "pyproject.toml": """
+                [build-system]
+                requires = ["hatchling"]
+                build-backend = "hatchling.build"
+
+                [project]
+                name = "oversip-mod-greeter"
+                version = "1.2.3"
+
+                [project.entry-points.oversip_hooks]
+                greeter = "oversip_mod_greeter"
+            """,
+            "oversip_mod_greeter/__init__.py": """
+                from oversip_hooks import get_logger, hookimpl
+
+                log = get_logger("greeter")
+
+                @hookimpl
+                def started():
+                    log.log_system_notice("hello")
+
+                @hookimpl
+                def terminated(error):
+                    log.log_system_notice(f"goodbye error={error}")
+            """,
+        },
+    )
+    # A virtual environment of its own that also sees this one's packages (oversip_hooks,
+    # its dependencies, hatchling). `venv --system-site-packages` would not do when this
+    # interpreter is itself a virtual environment's: it sees the base installation.
+    venv = tmp_path / "venv"
+    with trio.fail_after(TIMEOUT):
+        await trio.run_process([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = str(venv / "bin" / "python")
+    purelib = await command(
+        tmp_path, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", argv=[python]
+    )
+    ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (Path(purelib.out.strip()) / "_outer_environment.pth").write_text(
+        "".join(f"import site; site.addsitedir({path!r})\n" for path in sorted(ours))
+    )
+    with trio.fail_after(120):
+        await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                python,
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-build-isolation",
+                "--no-deps",
+                str(project),
+            ]
+        )
+
+    env = child_env(tmp_path)
+    listed = await command(
+        tmp_path, "plugins", "--json", env=env, argv=[python, "-m", "oversip_hooks"]
+    )
+    assert listed.status == 0, listed.err
+    [greeter] = [
+        plugin for plugin in json.loads(listed.out)["plugins"] if plugin["name"] == "greeter"
+    ]
+    assert greeter["origin"] == "entry point"
+    assert (greeter["distribution"], greeter["version"]) == ("oversip-mod-greeter", "1.2.3")
+    assert Path(greeter["path"]).is_relative_to(venv)
+
+    child = await spawn("run", env=env, argv=[python, "-m", "oversip_hooks"])
+    await child.line("NOTICE: <greeter> hello")
+    os.kill(child.pid, signal.SIGTERM)
+    assert await child.finish() == 0
+    assert child.lines[-1].endswith("NOTICE: <greeter> goodbye error=False")
