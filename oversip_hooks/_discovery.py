@@ -28,7 +28,7 @@ import inspect
 import sys
 import traceback
 import types
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,15 @@ class _Loader:
     def __init__(self) -> None:
         self.plugins = Plugins(_PluginManager())
         self._labels: dict[str, str] = {}
+        self._top_level: Mapping[str, list[str]] | None = None
+
+    def _distributions(self) -> Mapping[str, list[str]]:
+        # Read once per load: packages_distributions() parses the metadata of every
+        # installed distribution, tens of milliseconds, which once per --plugin module
+        # made a thousand of them take seconds.
+        if self._top_level is None:
+            self._top_level = importlib.metadata.packages_distributions()
+        return self._top_level
 
     def entry_point(self, entry_point: importlib.metadata.EntryPoint) -> None:
         dist = entry_point.dist
@@ -211,7 +220,7 @@ class _Loader:
         else:
             pm.register(plugin, name=source.name)
             self._labels[source.name] = source.label
-            self.plugins.sources.append(_completed(source, plugin))
+            self.plugins.sources.append(_completed(source, plugin, self._distributions))
 
     def _problem(self, message: str, error: BaseException | None = None) -> None:
         self.plugins.problems.append(Problem(message, error))
@@ -246,13 +255,15 @@ def _check_hooks(plugin: object, name: str) -> list[Problem]:
     return problems
 
 
-def _completed(source: Source, plugin: object) -> Source:
+def _completed(
+    source: Source, plugin: object, distributions: Callable[[], Mapping[str, list[str]]]
+) -> Source:
     """``source`` with the file and, for a ``--plugin`` module, the distribution filled in."""
     path = source.path or getattr(inspect.getmodule(plugin), "__file__", None)
     source = dataclasses.replace(source, path=path)
     if source.origin != OPTION:
         return source
-    dists = importlib.metadata.packages_distributions().get(source.target.partition(".")[0])
+    dists = distributions().get(source.target.partition(".")[0])
     if not dists:
         return source
     return dataclasses.replace(

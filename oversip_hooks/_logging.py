@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from functools import cache
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TextIO, overload
 
 from loguru import logger
@@ -45,7 +45,7 @@ def _add_levels() -> None:
 _add_levels()
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: a log_id may be per connection
 def _bound(log_id: str, user: bool) -> LoguruLogger:
     return logger.bind(log_id=log_id, user=user)
 
@@ -57,16 +57,18 @@ def emit(
     *,
     user: bool = False,
     exception: BaseException | None = None,
+    depth: int = 1,
 ) -> None:
     """Log ``msg`` at the OverSIP ``level`` (``"info"``, ``"crit"``, ...) as ``log_id``.
 
     An exception given as ``msg`` is logged as ``message (TypeName)`` with its traceback;
-    ``exception`` attaches a traceback to a text message.
+    ``exception`` attaches a traceback to a text message. ``depth`` is how many frames up
+    the caller that the record names is.
     """
     text = msg if isinstance(msg, str) else f"{msg} ({type(msg).__name__})"
     if isinstance(msg, BaseException):
         exception = msg
-    _bound(log_id, user).opt(exception=exception, depth=2).log(LEVELS[level][0], text)
+    _bound(log_id, user).opt(exception=exception, depth=depth).log(LEVELS[level][0], text)
 
 
 class _LogMethod:
@@ -90,7 +92,7 @@ class _LogMethod:
         level, user = self._level, self._user
 
         def log(msg: str | BaseException) -> None:
-            emit(instance.log_id, level, msg, user=user)
+            emit(instance.log_id, level, msg, user=user, depth=2)
 
         return log
 
@@ -172,12 +174,7 @@ def format_console(record: Record) -> str:
     extra = record["extra"]
     if "log_id" not in extra:
         return _FOREIGN_LINE
-    user = "[user] " if extra.get("user") else ""
-    return (
-        "{time:YYYY-MM-DD HH:mm:ss.SSS} {level}: <{extra[log_id]}> "
-        + user
-        + "{message}\n{exception}"
-    )
+    return _USER_LINE if extra.get("user") else _LINE
 
 
 def add_console_sink(stream: TextIO | None = None, *, level: str = "info") -> int:

@@ -64,15 +64,23 @@ def validate(pm: pluggy.PluginManager) -> None:
 
     Raises:
         pluggy.PluginValidationError: naming the plugin and the hook, for an unknown hook
-            name (with a close match when there is one), a wrapper, or tryfirst/trylast on
-            ``terminated``. Arguments missing from a spec are refused by pluggy itself, at
-            ``pm.register``.
+            name (with a close match when there is one), a wrapper, tryfirst/trylast on
+            ``terminated``, or two implementations of one hook in one plugin. Arguments
+            missing from a spec are refused by pluggy itself, at ``pm.register``.
     """
     for name, caller in vars(pm.hook).items():
         if name.startswith("_"):
             continue
+        seen: set[str] = set()
         for impl in caller.get_hookimpls():
             _check_impl(name, impl, has_spec=caller.has_spec())
+            if impl.plugin_name in seen:
+                raise pluggy.PluginValidationError(
+                    impl.plugin,
+                    f"plugin {impl.plugin_name!r} implements hook {name!r} twice (through "
+                    "specname); a plugin has one implementation of each lifecycle hook",
+                )
+            seen.add(impl.plugin_name)
 
 
 def _check_impl(hook: str, impl: pluggy.HookImpl, *, has_spec: bool) -> None:

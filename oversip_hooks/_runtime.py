@@ -25,7 +25,7 @@ import math
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVarTuple, Unpack
@@ -97,7 +97,8 @@ def leaf_exceptions(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def _is_cancellation(exc: BaseException) -> bool:
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio's ``Cancelled``, alone or in a group."""
     return all(isinstance(leaf, trio.Cancelled) for leaf in leaf_exceptions(exc))
 
 
@@ -156,6 +157,8 @@ class Runtime:
         self.shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout)
         self._callbacks = callbacks
         self._state = RuntimeState.CREATED
+        self._ran = False
+        self._stop_signals = 0
         self._state_listeners: list[Callable[[RuntimeState], object]] = []
         self._monitors: list[tuple[_Before, _After]] = []
         self._errors: list[BaseException] = []
@@ -163,6 +166,9 @@ class Runtime:
         self._failed = False  # the exit status is 1
         self._announced_failure = False
         self._until_stop = trio.CancelScope()
+        # Set as soon as a stop is asked for, from any thread, so that the loops over
+        # implementations see it at once; `_until_stop` is cancelled in the trio thread.
+        self._stop_requested = False
         self._abandon_shutdown = trio.CancelScope()
         self._reload_wanted = trio.Event()
         self._started: list[str] = []
@@ -241,6 +247,8 @@ class Runtime:
         ``started`` implementation in progress and skips the rest. Does nothing once
         the shutdown has begun.
         """
+        if self._state not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
+            self._stop_requested = True
         self._in_runtime_thread(self._request_stop)
 
     def reload(self) -> None:
@@ -268,7 +276,7 @@ class Runtime:
             self._host_service, owner, self._new_service(owner), async_fn, args, False
         )
 
-    async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> object:
+    async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> Any:
         """Start a service as :meth:`start_soon` does, and wait until it reports itself
         ready with ``task_status.started(value)``; returns that value.
 
@@ -289,35 +297,53 @@ class Runtime:
                 the runtime cannot call; raised before any hook of any plugin is called.
             RuntimeError: this runtime has already run.
         """
-        if self._state is not RuntimeState.CREATED:
+        if self._ran:
             raise RuntimeError("a Runtime runs once; make a new one to run again")
+        self._ran = True
         validate(self.pm)
-        if self._callbacks is None:
-            self._callbacks = snapshot()
+        self._callbacks = self._callbacks_registry().copy()
         self._trio_token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
         modules_token = active_plugin_manager.set(self.pm)
         try:
-            with using(self._callbacks):
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    with self._signal_receiver() as receiver:
+            with using(self._callbacks), self._receiving_signals() as receiver:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
                         if receiver is not None:
                             await nursery.start(self._watch_signals, receiver)
                         await self._lifecycle()
                         nursery.cancel_scope.cancel()
+                finally:
+                    self._nursery = None
+                    self._set_state(RuntimeState.STOPPED)
+                    if self._failed and not self._announced_failure:
+                        emit(LOG_ID, "crit", "exiting with error status")
+                    with trio.CancelScope(shield=True):
+                        await _flush_logs()
+        except BaseExceptionGroup as group:
+            # A Ctrl-C under handle_signals=False, or a cancellation from outside: the
+            # caller sees the exception itself, not the group of a nursery it never saw.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             active_plugin_manager.reset(modules_token)
-            self._nursery = None
-            self._set_state(RuntimeState.STOPPED)
-        if self._failed and not self._announced_failure:
-            emit(LOG_ID, "crit", "exiting with error status")
-        await _flush_logs()
         return 1 if self._failed else 0
 
     # -- the lifecycle, top to bottom -----------------------------------------------------
 
     async def _lifecycle(self) -> None:
+        try:
+            await self._start_and_serve()
+        finally:
+            # 4. `terminated` exactly once for each plugin whose `started` completed, in
+            #    the reverse order, whatever the way down, a cancellation from outside or a
+            #    KeyboardInterrupt included; 6. then that plugin's services are cancelled.
+            with trio.CancelScope(shield=True):
+                await self._shut_down()
+
+    async def _start_and_serve(self) -> None:
         with self._until_stop:
             # 1. `initialize` once, then `started` once, one implementation at a time, in
             #    registration order. 2. An error or fatal() in either is fatal and the rest
@@ -347,21 +373,18 @@ class Runtime:
                         self._reload_wanted = trio.Event()
                         self._set_state(RuntimeState.RELOADING)
                         await self._run_reload()
-                        if self._until_stop.cancel_called:
+                        if self._stop_requested:
                             break  # stopped from within the reload: not running again
                         self._set_state(RuntimeState.RUNNING)
-        # 4. `terminated` exactly once for each plugin whose `started` completed, in the
-        #    reverse order, whatever the way down; 6. then that plugin's services are
-        #    cancelled.
-        await self._shut_down()
 
     async def _run_startup_hook(self, hook: str) -> bool:
         for turn in self._schedule(hook):
-            if self._until_stop.cancel_called:
-                return False  # a synchronous implementation asked to stop
+            if self._stop_requested:
+                return False  # the previous implementation asked to stop
             for impl in turn.impls:
-                if self._until_stop.cancel_called:
-                    return False  # the previous callback of this turn asked to stop
+                # A stop, a signal or the startup deadline that came during a synchronous
+                # implementation takes effect here, before the next one is called.
+                await trio.lowlevel.checkpoint()
                 error = await self._call(hook, impl)
                 if error is not None:
                     self._report(error, turn.plugin_name, hook)
@@ -369,13 +392,14 @@ class Runtime:
                     return False
             if hook == "started":
                 self._started.append(turn.plugin_name)
+        await trio.lowlevel.checkpoint()  # the same, after the last one
         return True
 
     async def _run_reload(self) -> None:
         emit(LOG_ID, "info", "reloading")
         for turn in self._schedule("reload"):
             for impl in turn.impls:
-                if self._until_stop.cancel_called:
+                if self._stop_requested:
                     return
                 error = await self._call("reload", impl)
                 if error is not None:
@@ -393,6 +417,8 @@ class Runtime:
         with self._abandon_shutdown:
             for turn in self._termination_turns(self._started):
                 for impl in turn.impls:
+                    if self._abandon_shutdown.cancel_called:
+                        return
                     with trio.CancelScope(deadline=deadline) as scope:
                         error = await self._call("terminated", impl, error=self._error)
                     if scope.cancelled_caught:
@@ -409,20 +435,20 @@ class Runtime:
     def _schedule(self, hook: str) -> list[_Turn]:
         """Every plugin's turn at ``hook``: tryfirst, then the rest, then trylast, each
         group in registration order, with the SystemCallbacks registry first of all."""
-        rank = {name: index for index, (name, _) in enumerate(self.pm.list_name_plugin())}
         by_plugin = {CALLBACKS_PLUGIN_NAME: self._callbacks_registry().impls(hook)}
         for name, plugin in self.pm.list_name_plugin():
             if plugin is not None:
                 by_plugin[name] = []
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             by_plugin[impl.plugin_name].append(impl)
-
-        def order(turn: _Turn) -> tuple[int, int]:
-            first = turn.impls[0] if turn.impls else None
-            group = 1 if first is None else 0 if first.tryfirst else 2 if first.trylast else 1
-            return group, rank.get(turn.plugin_name, -1)
-
-        return sorted((_Turn(name, impls) for name, impls in by_plugin.items()), key=order)
+        first: list[_Turn] = []
+        middle: list[_Turn] = []
+        last: list[_Turn] = []
+        for name, impls in by_plugin.items():
+            head = impls[0] if impls else None
+            group = first if head and head.tryfirst else last if head and head.trylast else middle
+            group.append(_Turn(name, impls))
+        return first + middle + last
 
     def _termination_turns(self, started: list[str]) -> list[_Turn]:
         by_plugin = {impl.plugin_name: [impl] for impl in self.pm.hook.terminated.get_hookimpls()}
@@ -440,11 +466,11 @@ class Runtime:
         token = _current_plugin.set(impl.plugin_name)
         try:
             result = impl.function(*[kwargs[name] for name in impl.argnames])
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
         except BaseException as exc:
             outcome = exc
-            if _is_cancellation(exc):
+            if is_cancellation(exc) or isinstance(exc, KeyboardInterrupt):
                 raise
         finally:
             _current_plugin.reset(token)
@@ -457,11 +483,11 @@ class Runtime:
     def _report(self, error: BaseException, plugin_name: str | None, where: str) -> None:
         self._errors.append(error)
         log_id = self._log_id_of(plugin_name)
-        fatals = [leaf for leaf in leaf_exceptions(error) if isinstance(leaf, FatalError)]
-        for fatal_error in fatals:
-            emit(log_id, "crit", fatal_error.error or fatal_error.message)
-        if not fatals:
-            emit(log_id, "crit", f"{where} failed: {error!r}", exception=error)
+        for leaf in leaf_exceptions(error):
+            if isinstance(leaf, FatalError):
+                emit(log_id, "crit", leaf.error or leaf.message)
+            elif not isinstance(leaf, trio.Cancelled):
+                emit(log_id, "crit", f"{where} failed: {leaf!r}", exception=leaf)
 
     def _fail(self) -> None:
         """End the running phase with error=True, or just mark the exit status during
@@ -472,6 +498,7 @@ class Runtime:
         self._error = True
         self._announced_failure = True
         emit(LOG_ID, "crit", "exiting with error status")
+        self._stop_requested = True
         self._until_stop.cancel()
 
     def _shutdown_timed_out(self, what: str) -> None:
@@ -493,6 +520,7 @@ class Runtime:
 
     def _request_stop(self) -> None:
         if self._state not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
+            self._stop_requested = True
             self._until_stop.cancel()
 
     def _request_reload(self) -> None:
@@ -500,23 +528,42 @@ class Runtime:
             self._reload_wanted.set()
 
     def _handle_signal(self, signum: int) -> None:
-        """SIGHUP reloads; a stop signal stops, or abandons a shutdown in progress."""
+        """SIGHUP reloads; the first stop signal stops, the second abandons the shutdown."""
+        if self._state is RuntimeState.STOPPED:
+            return
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             emit(LOG_ID, "notice", f"{name} signal received, reloading...")
             self._request_reload()
-        elif self._state is RuntimeState.STOPPING:
+            return
+        self._stop_signals += 1
+        if self._stop_signals == 1:
+            emit(LOG_ID, "notice", f"{name} signal received, exiting...")
+            self._request_stop()
+        else:
             emit(LOG_ID, "crit", f"{name} signal received again, abandoning the shutdown")
             self._failed = True
             self._abandon_shutdown.cancel()
-        else:
-            emit(LOG_ID, "notice", f"{name} signal received, exiting...")
-            self._request_stop()
 
-    def _signal_receiver(self) -> AbstractContextManager[AsyncIterator[int] | None]:
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            return trio.open_signal_receiver(signal.SIGHUP, *STOP_SIGNALS)
-        return nullcontext()
+    @contextmanager
+    def _receiving_signals(self) -> Iterator[AsyncIterator[int] | None]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            yield None
+            return
+        # When its receiver closes, trio re-raises each signal it has not delivered yet to
+        # the handler that was there before: with the default handlers, a SIGTERM or SIGHUP
+        # arriving in the last moments of a run would kill the process. Those handlers are
+        # set to "ignore" while the receiver is open, and put back after.
+        signums = (signal.SIGHUP, *STOP_SIGNALS)
+        previous = {signum: signal.getsignal(signum) for signum in signums}
+        for signum in signums:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            with trio.open_signal_receiver(*signums) as receiver:
+                yield receiver
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     async def _watch_signals(
         self,
@@ -552,7 +599,7 @@ class Runtime:
                 else:
                     await async_fn(*args)
         except BaseException as exc:
-            if _is_cancellation(exc) or (reports_ready and not status.reported):
+            if is_cancellation(exc) or (reports_ready and not status.reported):
                 raise  # a start() that failed before it was ready raises in its caller
             self._report(exc, owner, f"service {getattr(async_fn, '__qualname__', async_fn)}")
             self._fail()
@@ -585,7 +632,10 @@ class Runtime:
     def _set_state(self, state: RuntimeState) -> None:
         self._state = state
         for listener in self._state_listeners:
-            listener(state)
+            try:
+                listener(state)
+            except Exception as exc:  # an observer's bug must not take the lifecycle down
+                emit(LOG_ID, "crit", f"state listener {listener!r} failed: {exc!r}", exception=exc)
 
     def _log_id_of(self, plugin_name: str | None) -> str:
         """A plugin's own ``log_id`` (it may be a :class:`Logger`), else its name."""

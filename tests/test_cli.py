@@ -796,7 +796,7 @@ async def test_syslog_gets_one_datagram_per_record_with_each_level_priority(
     for severity, level in enumerate(severities):
         assert priorities[f"<server> level {level}"] == local3 * 8 + severity
     assert priorities["<server> [user] user says\\nhello\\x00"] == local3 * 8 + 6
-    assert priorities["<runtime> running"] == local3 * 8 + 5
+    assert priorities["<runtime> terminating"] == local3 * 8 + 6
 
 
 # -- listing plugins -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from typing import Any
 
 import pluggy
@@ -11,7 +12,15 @@ import pytest
 import trio
 import trio.testing
 
-from oversip_hooks import Runtime, SystemCallbacks, fatal, hookimpl
+from oversip_hooks import (
+    CallbackRegistry,
+    Runtime,
+    RuntimeState,
+    SystemCallbacks,
+    fatal,
+    get_plugin_manager,
+    hookimpl,
+)
 from oversip_hooks.testing import LifecycleHarness
 
 from .scripted import Script, ScriptedPlugin
@@ -703,16 +712,23 @@ async def test_a_real_sighup_during_startup_is_held_until_started_completes():
             events.append("reload")
             runtime.stop()
 
+    class Later:
+        @hookimpl
+        async def started(self) -> None:
+            await trio.lowlevel.checkpoint()  # the signal is handled by now
+            events.append("later started")
+
     harness.pm.register(Plugin(), name="p")
-    harness.pm.register(Sync(), name="later")
+    harness.pm.register(Later(), name="later")
     with harness.isolated():
         runtime = Runtime(harness.pm, callbacks=harness.callbacks)
         runtime.add_state_listener(lambda state: events.append(state.value))
         assert await runtime.run() == 0
     assert events == [
-        "initializing", "starting", "started", "running", "reloading", "reload", "stopping",
-        "stopped",
+        "initializing", "starting", "started", "later started", "running", "reloading",
+        "reload", "stopping", "stopped",
     ]  # fmt: skip
+    assert "NOTICE: <runtime> SIGHUP signal received, reloading..." in harness.lines
 
 
 # -- 8. Invalid plugins never start -------------------------------------------------------
@@ -861,3 +877,155 @@ def test_hook_order_tells_the_order_before_the_run(lifecycle):
         runtime.hook_order("stopped")
     lifecycle.run()
     assert [c.plugin for c in lifecycle.calls_to("terminated")] == runtime.hook_order("terminated")
+
+
+# -- Hard cases: each of these once broke a rule ---------------------------------------
+
+
+async def test_a_signal_raised_at_the_very_end_does_not_kill_the_process():
+    """trio re-raises undelivered signals when its receiver closes (rules 4 and 7)."""
+    harness = LifecycleHarness()
+
+    class LateSignals:
+        @hookimpl
+        def terminated(self) -> None:
+            signal.raise_signal(signal.SIGHUP)  # a logrotate during the last hook
+            signal.raise_signal(signal.SIGTERM)
+
+    harness.pm.register(LateSignals(), name="late")
+    with harness.isolated():
+        runtime = Runtime(harness.pm, callbacks=harness.callbacks)
+        runtime.stop()
+        assert await runtime.run() == 0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+async def test_a_cancellation_from_outside_still_terminates_the_started(lifecycle):
+    lifecycle.register(Sync(), name="a")
+    runtime = Runtime(lifecycle.pm, handle_signals=False, callbacks=lifecycle.callbacks)
+    runtime.add_call_monitor(lifecycle._before_call, lifecycle._after_call)
+    with trio.move_on_after(5) as outside:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runtime.run)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert not outside.cancelled_caught
+    assert lifecycle.trace[-1] == "a.terminated(error=False)"
+    assert runtime.state is RuntimeState.STOPPED
+
+
+async def test_a_keyboard_interrupt_is_never_taken_for_a_hook_error(lifecycle):
+    class Interrupted:
+        @hookimpl
+        def reload(self) -> None:
+            raise KeyboardInterrupt
+
+    lifecycle.register(Sync(), name="a")
+    lifecycle.register(Interrupted(), name="interrupted")
+    runtime = Runtime(lifecycle.pm, handle_signals=False, callbacks=lifecycle.callbacks)
+    runtime.add_call_monitor(lifecycle._before_call, lifecycle._after_call)
+    runtime.reload()
+    with pytest.raises(KeyboardInterrupt):
+        await runtime.run()
+    assert lifecycle.trace[-1] == "a.terminated(error=False)"
+
+
+async def test_a_stop_from_another_thread_during_sync_started_skips_the_rest(lifecycle):
+    class StopsFromAThread:
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            thread = threading.Thread(target=runtime.stop)
+            thread.start()
+            thread.join()  # the request is queued for the trio thread by now
+
+    lifecycle.register(StopsFromAThread(), name="a")
+    lifecycle.register(Sync(), name="b")
+    assert await lifecycle.play() == 0
+    assert "b.started" not in lifecycle.trace
+
+
+async def test_a_synchronous_overrun_of_the_startup_timeout_is_fatal(
+    make_lifecycle, autojump_clock
+):
+    class Slow:
+        @hookimpl
+        def started(self) -> None:
+            autojump_clock.jump(10)  # what a blocking call of ten seconds is to trio
+
+    lifecycle = make_lifecycle(Slow(), startup_timeout=5)
+    assert await lifecycle.play() == 1
+    assert "CRIT: <runtime> started did not complete within 5 s" in lifecycle.lines
+
+
+async def test_a_failing_state_listener_is_logged_and_the_lifecycle_goes_on(lifecycle):
+    def exporter(state: RuntimeState) -> None:
+        raise ValueError("metrics exporter is down")
+
+    lifecycle.register(Sync(), name="a")
+    async with lifecycle.running() as runtime:
+        runtime.add_state_listener(exporter)
+    assert lifecycle.exit_status == 0
+    assert lifecycle.trace[-1] == "a.terminated(error=False)"
+    assert any("state listener" in line and "metrics exporter" in line for line in lifecycle.lines)
+
+
+async def test_every_error_in_a_group_is_logged(lifecycle):
+    class Both:
+        @hookimpl
+        async def started(self) -> None:
+            async def denied() -> None:
+                raise PermissionError("no access to /var/lib/pool")
+
+            async def refused() -> None:
+                fatal("bad settings")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(denied)
+                nursery.start_soon(refused)
+
+    lifecycle.register(Both(), name="both")
+    assert await lifecycle.play() == 1
+    crit = [line for line in lifecycle.lines if line.startswith("CRIT: <both>")]
+    assert "CRIT: <both> bad settings" in crit
+    assert any("PermissionError('no access to /var/lib/pool')" in line for line in crit)
+
+
+async def test_a_callbacks_registry_can_start_two_runs():
+    registry = CallbackRegistry()
+    registry.add("started", lambda: None)
+
+    class AddsOne:
+        @hookimpl
+        def initialize(self) -> None:
+            SystemCallbacks.on_started(lambda: None)
+
+    for _ in range(2):
+        pm = get_plugin_manager()
+        pm.register(AddsOne())
+        runtime = Runtime(pm, handle_signals=False, callbacks=registry)
+        runtime.stop()
+        assert await runtime.run() == 0
+    assert len(registry.impls("started")) == 1
+
+
+async def test_two_concurrent_runs_of_one_runtime_are_refused():
+    runtime = Runtime(handle_signals=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runtime.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RuntimeError, match="a Runtime runs once"):
+            await runtime.run()
+        runtime.stop()
+
+
+def test_two_implementations_of_one_hook_in_one_plugin_are_refused(lifecycle):
+    class Twice:
+        @hookimpl(specname="terminated")
+        def close_pool(self) -> None: ...
+
+        @hookimpl(specname="terminated")
+        def close_cache(self) -> None: ...
+
+    lifecycle.register(Twice(), name="twice")
+    with pytest.raises(pluggy.PluginValidationError, match="implements hook 'terminated' twice"):
+        lifecycle.run()

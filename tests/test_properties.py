@@ -3,19 +3,21 @@ raise or call fatal in random phases, driven by random lifecycle events."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import initialize, run_state_machine_as_test
+from hypothesis.stateful import run_state_machine_as_test
 
 from oversip_hooks.testing import LifecycleHarness, check_lifecycle_invariants
 from oversip_hooks.testing.hypothesis import LifecycleMachine
 
 from .scripted import HOOKS, Script, ScriptedPlugin
 
-STOPS = ("stop", signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+STOPS = ("stop", *STOP_SIGNALS)
 scripts = st.builds(
     Script,
     outcome=st.sampled_from(["ok", "ok", "ok", "raise", "fatal"]),
@@ -49,9 +51,14 @@ def expected_run(plugins: list[ScriptedPlugin], events: list[Any]) -> tuple[list
                 failed = True
                 break
             started.append(plugin)
+    abandoned = False
     if not failed:
-        for event in events:
+        for index, event in enumerate(events):
             if event in STOPS:
+                # Rule 7: a second stop signal abandons the shutdown. A reload after the
+                # stop waits for the end of the run, so signals after it come too late.
+                in_time = itertools.takewhile(lambda e: e in STOPS, events[index:])
+                abandoned = sum(e in STOP_SIGNALS for e in in_time) >= 2
                 break
             for plugin in plugins:  # rule 3: only fatal is fatal in reload
                 if call(plugin, "reload") == "fatal":
@@ -59,6 +66,8 @@ def expected_run(plugins: list[ScriptedPlugin], events: list[Any]) -> tuple[list
                     break
             if failed:
                 break
+    if abandoned:
+        return trace, 1
     status = 1 if failed else 0
     for plugin in reversed(started):  # rule 4
         if call(plugin, "terminated", f"(error={failed})") != "ok":
@@ -86,8 +95,7 @@ class RandomFailures(LifecycleMachine):
         self.plugins = [ScriptedPlugin("first"), ScriptedPlugin("second")]
         return self.plugins
 
-    @initialize(data=st.data())
-    def script_the_plugins(self, data: st.DataObject) -> None:
+    def configure(self, data: st.DataObject) -> None:
         for plugin in self.plugins:
             plugin.scripts.update(data.draw(st.dictionaries(st.sampled_from(HOOKS), scripts)))
 

@@ -23,7 +23,7 @@ from .._callbacks import CallbackRegistry, snapshot, using
 from .._fatal import FatalError, fatal
 from .._logging import LEVELS
 from .._manager import get_plugin_manager, readable_name, validate
-from .._runtime import Runtime, RuntimeState, leaf_exceptions
+from .._runtime import Runtime, RuntimeState, is_cancellation, leaf_exceptions
 from ..hookspecs import hookimpl
 
 _LEVEL_OF_LOGURU_NAME = {loguru_name: level for level, (loguru_name, _) in LEVELS.items()}
@@ -230,7 +230,9 @@ class LifecycleHarness:
             return
         with ExitStack() as stack:
             stack.enter_context(using(self.callbacks))
-            sink = logger.add(self._capture, level=0, format="{message}", catch=False)
+            sink = logger.add(
+                self._capture, level=0, format="{message}", filter=self._ours, catch=False
+            )
             stack.callback(logger.remove, sink)
             self._isolated = True
             stack.callback(setattr, self, "_isolated", False)
@@ -264,12 +266,19 @@ class LifecycleHarness:
         with self.isolated():
             try:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self._run, runtime)
+                    nursery.start_soon(self._run_to_the_end, runtime)
+                    await self._wait_until(
+                        lambda: (
+                            self.stopped
+                            or runtime.state in (RuntimeState.RUNNING, RuntimeState.RELOADING)
+                        )
+                    )
                     try:
                         yield runtime
                     finally:
                         runtime.stop()
-                        await self.wait_stopped()
+                        with trio.CancelScope(shield=True):  # the run ends whatever happens
+                            await self.wait_stopped()
             except BaseExceptionGroup as group:
                 # What the test's own block raised (a failed assert, say) reaches it as
                 # itself, not wrapped in the group of a nursery it never opened.
@@ -280,15 +289,26 @@ class LifecycleHarness:
     async def play(self, *events: LifecycleEvent) -> int:
         """Start, apply ``events`` in order, stop; return the exit status.
 
-        ``"reload"`` and SIGHUP wait for the reload to finish; ``"stop"`` and the stop
-        signals do not wait, so that a second stop signal can arrive during the shutdown;
-        a :class:`Fault` arms the next call of its hook (the fault injector is registered
-        before the run when ``events`` holds one).
+        ``"reload"`` and SIGHUP wait for the reload to finish (or, if it brought the
+        runtime down, for the end of the run). ``"stop"`` and the stop signals do not
+        wait: two stop signals in a row are the operator's second Ctrl-C, which abandons
+        the shutdown. A :class:`Fault` arms the next call of its hook; faults in
+        ``initialize`` or ``started`` must come before every other event.
+
+        Raises:
+            ValueError: a fault in ``initialize`` or ``started`` after another event.
         """
-        if any(isinstance(event, Fault) for event in events):
-            self.register_fault_injector()
+        events_after_start = list(events)
+        while events_after_start and isinstance(fault := events_after_start[0], Fault):
+            self.inject_failure(fault.hook, fault.how)
+            events_after_start.pop(0)
+        for event in events_after_start:
+            if isinstance(event, Fault):
+                if event.hook in ("initialize", "started"):
+                    raise ValueError(f"{event} can only come before every other event")
+                self.register_fault_injector()
         async with self.running():
-            for event in events:
+            for event in events_after_start:
                 await self.apply(event)
         assert self.exit_status is not None
         return self.exit_status
@@ -319,14 +339,20 @@ class LifecycleHarness:
 
     async def reload(self, *, via_signal: bool = False) -> None:
         """Request a reload (``runtime.reload()``, or SIGHUP) and wait until a reload
-        that began after the request has finished, or the runtime has stopped."""
+        that began after the request has finished, or, when the runtime is stopping
+        (asked to, or brought down by this reload), until the run has ended."""
         runtime = self._running_runtime()
         target = self._reloads_begun + 1
         if via_signal:
             self.send_signal(signal.SIGHUP)
         else:
             runtime.reload()
-        await self._wait_until(lambda: self._reloads_done >= target or self.stopped)
+        await self._wait_until(
+            lambda: (
+                self.stopped
+                or (self._reloads_done >= target and self.states[-1] is not RuntimeState.STOPPING)
+            )
+        )
 
     async def stop(self) -> int:
         """Request a stop and wait for the end of the run; return the exit status."""
@@ -395,21 +421,11 @@ class LifecycleHarness:
             raise RuntimeError("the harness is not running: use `async with harness.running()`")
         return self.runtime
 
-    async def _run(self, runtime: Runtime, task_status: trio.TaskStatus[None]) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run_to_the_end, runtime)
-            await self._wait_until(
-                lambda: (
-                    self.stopped
-                    or runtime.state is RuntimeState.RUNNING
-                    # a reload requested during startup may already be under way
-                    or runtime.state is RuntimeState.RELOADING
-                )
-            )
-            task_status.started()
-
     async def _run_to_the_end(self, runtime: Runtime) -> None:
-        self.exit_status = await runtime.run()
+        # Tagged so that this harness's sink takes this run's records and no other's,
+        # when a test runs several harnesses at once.
+        with logger.contextualize(oversip_hooks_harness=id(self)):
+            self.exit_status = await runtime.run()
         self._notify()
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
@@ -442,7 +458,7 @@ class LifecycleHarness:
     ) -> None:
         self._active_calls.remove(f"{plugin}.{hook}")
         error = kwargs.get("error") if hook == "terminated" else None
-        cancelled = isinstance(outcome, trio.Cancelled)
+        cancelled = outcome is not None and is_cancellation(outcome)
         self.calls.append(
             HookCall(
                 plugin,
@@ -452,6 +468,9 @@ class LifecycleHarness:
                 cancelled=cancelled,
             )
         )
+
+    def _ours(self, record: Any) -> bool:
+        return bool(record["extra"].get("oversip_hooks_harness", id(self)) == id(self))
 
     def _capture(self, message: Any) -> None:
         record = message.record

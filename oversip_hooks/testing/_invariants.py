@@ -24,9 +24,10 @@ def check_lifecycle_invariants(harness: LifecycleHarness) -> None:
       but other ``terminated`` ones runs;
     - ``terminated`` runs in the reverse of the order in which ``started`` completed;
     - ``error`` is true exactly when something failed before the shutdown;
-    - once the run is over: every plugin whose ``started`` completed was terminated
-      (unless the shutdown was abandoned), and the exit status is 1 exactly when the
-      run failed or its shutdown did.
+    - once the run is over: every plugin that implements ``terminated`` and whose
+      ``started`` completed was terminated (unless the shutdown was abandoned), and the
+      exit status is 1 exactly when the run failed or its shutdown did (a ``terminated``
+      that raised or timed out, a service that failed during it, an abandoned one).
 
     Raises:
         LifecycleInvariantError: naming the broken promise, with the trace.
@@ -80,15 +81,18 @@ def _problems(harness: LifecycleHarness) -> list[str]:
     if harness.stopped:
         abandoned = any("abandoning the shutdown" in line for line in harness.lines)
         if not abandoned:
+            implementers = {i.plugin_name for i in harness.pm.hook.terminated.get_hookimpls()}
             problems += [
                 f"{p} started but was never terminated"
                 for p in _unique(started)
-                if p not in {c.plugin for c in terminated}
+                if p in implementers and p not in {c.plugin for c in terminated}
             ]
         shutdown_failed = (
             abandoned
             or any(c.raised is not None or c.cancelled for c in terminated)
             or any("shutdown timeout" in line for line in harness.lines)
+            # a service that fails during the shutdown, say once its connection is closed
+            or len(harness.errors) > len(harness.errors_before_shutdown)
         )
         expected_status = 1 if failed or shutdown_failed else 0
         if harness.exit_status != expected_status:

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import trio
-import trio.testing
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -114,8 +113,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     """Fuzz a plugin's lifecycle: subclass, return your plugins from
     :meth:`make_plugins`, and add ``@invariant()`` methods of your own.
 
-    Each test case starts the runtime (perhaps with a failure injected into
-    ``initialize`` or ``started``), then applies random steps: reloads, stops, signals,
+    Each test case calls :meth:`configure` with hypothesis's ``data``, starts the runtime
+    (perhaps with a failure injected into ``initialize`` or ``started``), then applies
+    random steps: reloads, stops, signals,
     failures in ``reload`` or ``terminated``. After every step, and at the end, it checks
     :func:`check_lifecycle_invariants` and your invariants. ``self.harness`` is the
     :class:`LifecycleHarness`; its ``calls``, ``lines`` and ``exit_status`` are there for
@@ -157,8 +157,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _running(self) -> bool:
         return self._loop_started and not self.harness.stopped
 
-    @initialize(fault=st.none() | faults(("initialize", "started")))
-    def start(self, fault: Fault | None) -> None:
+    def configure(self, data: st.DataObject) -> None:
+        """Draw whatever your plugins need before the runtime starts (override this);
+        ``data.draw(strategy)`` gives a value."""
+
+    @initialize(fault=st.none() | faults(("initialize", "started")), data=st.data())
+    def start(self, fault: Fault | None, data: st.DataObject) -> None:
+        self.configure(data)
         if fault is not None:
             self.harness.inject_failure(fault.hook, fault.how)
         self._loop_started = True
@@ -191,10 +196,8 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     async def _stop_by_signal(self, signum: signal.Signals, twice: bool) -> None:
         self.harness.send_signal(signum)
-        if twice:
-            await trio.testing.wait_all_tasks_blocked()
-            if not self.harness.stopped:
-                self.harness.send_signal(signum)
+        if twice:  # the operator's second Ctrl-C: the shutdown is abandoned
+            self.harness.send_signal(signum)
         await self.harness.wait_stopped()
 
     @invariant()
