@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import Any
 
 import pluggy
 
@@ -18,7 +19,7 @@ active_plugin_manager: ContextVar[pluggy.PluginManager | None] = ContextVar(
 class _Modules:
     """OverSIP's ``OverSIP::Modules``: ``modules.sqlite`` or ``modules["sqlite"]``."""
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> Any:  # a module's own API, unknown to us
         if name.startswith("__"):
             raise AttributeError(name)
         try:
@@ -26,7 +27,7 @@ class _Modules:
         except KeyError as exc:
             raise AttributeError(exc.args[0]) from None
 
-    def __getitem__(self, name: str) -> object:
+    def __getitem__(self, name: str) -> Any:
         pm = active_plugin_manager.get()
         if pm is None:
             raise KeyError(f"no module named {name!r}: no runtime is running")

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVarTuple, Unpack
+from typing import Any, NamedTuple, TypedDict, TypeVarTuple, Unpack
 
 import pluggy
 import trio
@@ -335,47 +335,44 @@ class Runtime:
 
     async def _lifecycle(self) -> None:
         try:
-            await self._start_and_serve()
+            with self._until_stop:
+                # 1. `initialize` once, then `started` once, one implementation at a time, in
+                #    registration order. 2. An error or fatal() in either is fatal and the rest
+                #    do not run. 5. `started` as a whole is bounded by startup_timeout.
+                #    7. A stop during startup cancels the implementation in progress and skips
+                #    the rest.
+                self._set_state(RuntimeState.INITIALIZING)
+                if await self._run_startup_hook("initialize"):
+                    self._callbacks_registry().closed_hooks.add("started")
+                    self._set_state(RuntimeState.STARTING)
+                    with trio.move_on_after(self.startup_timeout) as startup:
+                        started = await self._run_startup_hook("started")
+                    if startup.cancelled_caught:
+                        timeout = TimeoutError(
+                            f"started did not complete within {self.startup_timeout:g} s"
+                        )
+                        self._errors.append(timeout)
+                        emit(LOG_ID, "crit", str(timeout))
+                        self._fail()
+                    elif started:
+                        # 3. Reloads, one at a time, until a stop; requests made during
+                        #    startup or during a reload are coalesced into one more.
+                        emit(LOG_ID, "notice", "running")
+                        self._set_state(RuntimeState.RUNNING)
+                        while True:
+                            await self._reload_wanted.wait()
+                            self._reload_wanted = trio.Event()
+                            self._set_state(RuntimeState.RELOADING)
+                            await self._run_reload()
+                            if self._stop_requested:
+                                break  # stopped from within the reload: not running again
+                            self._set_state(RuntimeState.RUNNING)
         finally:
             # 4. `terminated` exactly once for each plugin whose `started` completed, in
             #    the reverse order, whatever the way down, a cancellation from outside or a
             #    KeyboardInterrupt included; 6. then that plugin's services are cancelled.
             with trio.CancelScope(shield=True):
                 await self._shut_down()
-
-    async def _start_and_serve(self) -> None:
-        with self._until_stop:
-            # 1. `initialize` once, then `started` once, one implementation at a time, in
-            #    registration order. 2. An error or fatal() in either is fatal and the rest
-            #    do not run. 5. `started` as a whole is bounded by startup_timeout.
-            #    7. A stop during startup cancels the implementation in progress and skips
-            #    the rest.
-            self._set_state(RuntimeState.INITIALIZING)
-            if await self._run_startup_hook("initialize"):
-                self._callbacks_registry().closed_hooks.add("started")
-                self._set_state(RuntimeState.STARTING)
-                with trio.move_on_after(self.startup_timeout) as startup:
-                    started = await self._run_startup_hook("started")
-                if startup.cancelled_caught:
-                    timeout = TimeoutError(
-                        f"started did not complete within {self.startup_timeout:g} s"
-                    )
-                    self._errors.append(timeout)
-                    emit(LOG_ID, "crit", str(timeout))
-                    self._fail()
-                elif started:
-                    # 3. Reloads, one at a time, until a stop; requests made during
-                    #    startup or during a reload are coalesced into one more.
-                    emit(LOG_ID, "notice", "running")
-                    self._set_state(RuntimeState.RUNNING)
-                    while True:
-                        await self._reload_wanted.wait()
-                        self._reload_wanted = trio.Event()
-                        self._set_state(RuntimeState.RELOADING)
-                        await self._run_reload()
-                        if self._stop_requested:
-                            break  # stopped from within the reload: not running again
-                        self._set_state(RuntimeState.RUNNING)
 
     async def _run_startup_hook(self, hook: str) -> bool:
         for turn in self._schedule(hook):
@@ -658,7 +655,16 @@ async def _flush_logs() -> None:
     await logger.complete()
 
 
-def run(*plugins: object, **runtime_options: Any) -> int:
+class RuntimeOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Runtime`, for :func:`run`."""
+
+    handle_signals: bool
+    startup_timeout: float
+    shutdown_timeout: float
+    callbacks: CallbackRegistry | None
+
+
+def run(*plugins: object, **runtime_options: Unpack[RuntimeOptions]) -> int:
     """Run ``plugins`` through their lifecycle in a fresh trio run; return the exit status.
 
     The plugins are registered in the order given. If loguru still has its default
