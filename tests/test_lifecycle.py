@@ -53,6 +53,11 @@ class Sync:
     def terminated(self, error: bool) -> None: ...
 
 
+class OnlyTerminated:
+    @hookimpl
+    def terminated(self) -> None: ...
+
+
 class Async:
     @hookimpl
     async def initialize(self) -> None:
@@ -118,10 +123,6 @@ async def test_tryfirst_and_trylast_are_honoured_and_terminated_mirrors_started(
 
 
 async def test_a_plugin_without_started_terminates_in_its_registration_place(lifecycle):
-    class OnlyTerminated:
-        @hookimpl
-        def terminated(self) -> None: ...
-
     lifecycle.register(Sync(), name="a")
     lifecycle.register(OnlyTerminated(), name="b")
     lifecycle.register(Sync(), name="c")
@@ -636,12 +637,8 @@ async def test_a_stop_from_a_sync_started_skips_the_rest(lifecycle):
         @hookimpl
         def terminated(self) -> None: ...
 
-    class NoStarted:
-        @hookimpl
-        def terminated(self) -> None: ...
-
     lifecycle.register(Stopper(), name="stopper")
-    lifecycle.register(NoStarted(), name="no_started")
+    lifecycle.register(OnlyTerminated(), name="no_started")
     lifecycle.register(Sync(), name="b")
     assert await lifecycle.play() == 0
     assert [str(c) for c in lifecycle.calls if c.hook != "initialize"] == [
@@ -862,12 +859,8 @@ def test_hook_order_tells_the_order_before_the_run(lifecycle):
         @hookimpl
         def terminated(self) -> None: ...
 
-    class NoStarted:
-        @hookimpl
-        def terminated(self) -> None: ...
-
     lifecycle.register(Last(), name="last")
-    lifecycle.register(NoStarted(), name="no_started")
+    lifecycle.register(OnlyTerminated(), name="no_started")
     lifecycle.register(Sync(), name="plain")
     SystemCallbacks.on_terminated(lambda: None)
     runtime = Runtime(lifecycle.pm, handle_signals=False)
