@@ -12,9 +12,10 @@ import trio.testing
 from hypothesis import settings
 from hypothesis.stateful import invariant, run_state_machine_as_test
 
-from oversip_hooks import SystemCallbacks, fatal, hookimpl
+from oversip_hooks import Runtime, SystemCallbacks, fatal, get_logger, hookimpl
 from oversip_hooks._callbacks import _global_registry
 from oversip_hooks.testing import (
+    Fault,
     HookCall,
     LifecycleHarness,
     LifecycleInvariantError,
@@ -108,8 +109,6 @@ def test_inject_failure_during_a_run_needs_the_injector_registered_first(lifecyc
 
 
 def test_injected_faults_arrive_in_the_phase_asked_for(lifecycle):
-    from oversip_hooks.testing import Fault
-
     assert lifecycle.run("reload", Fault("reload", "fatal"), "reload") == 1
     assert lifecycle.trace == [
         "faults.initialize", "faults.started", "faults.reload",
@@ -158,3 +157,66 @@ def test_the_guide_runs_as_written(pytester):
     pytester.makepyfile(test_pool=f"{blocks[0]}\n{blocks[1]}")
     result = pytester.runpytest_subprocess("-p", "trio", "-o", "trio_mode=true", "-q")
     result.assert_outcomes(passed=5)
+
+
+async def test_two_harnesses_at_once_each_keep_their_own_records(make_lifecycle):
+    class Says:
+        def __init__(self, word: str) -> None:
+            self.word = word
+
+        @hookimpl
+        def started(self) -> None:
+            get_logger(self.word).log_system_info(self.word)
+
+    first, second = make_lifecycle(Says("first")), make_lifecycle(Says("second"))
+    async with first.running(), second.running():
+        pass
+    assert "INFO: <first> first" in first.lines
+    assert "INFO: <second> second" not in first.lines
+    assert "INFO: <second> second" in second.lines
+
+
+async def test_a_hook_cancelled_inside_its_own_nursery_is_recorded_as_cancelled(lifecycle):
+    class Stopper:
+        @hookimpl
+        async def started(self, runtime: Runtime) -> None:
+            runtime.stop()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+
+    lifecycle.register(Stopper(), name="stopper")
+    assert await lifecycle.play() == 0
+    assert lifecycle.trace == ["stopper.started cancelled"]
+
+
+def test_play_arms_startup_faults_before_the_start_and_refuses_them_later(make_lifecycle):
+    lifecycle = make_lifecycle()
+    assert lifecycle.run(Fault("started", "fatal")) == 1
+    assert lifecycle.fatal_message == "injected fatal in started"
+    with pytest.raises(ValueError, match="can only come before every other event"):
+        make_lifecycle().run("reload", Fault("initialize"))
+
+
+def test_the_invariants_accept_what_the_runtime_rightly_does(lifecycle):
+    """A plugin without terminated, and a service failing once the shutdown has begun."""
+    lost = trio.Event()
+
+    class Reader:
+        async def read(self) -> None:
+            await lost.wait()
+            raise ConnectionError("connection closed under the reader")
+
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.start_soon(self.read)
+
+    class Closer:
+        @hookimpl
+        async def terminated(self) -> None:
+            lost.set()
+            await trio.testing.wait_all_tasks_blocked()
+
+    lifecycle.register(Reader(), name="reader")
+    lifecycle.register(Closer(), name="closer")
+    assert lifecycle.run() == 1
+    check_lifecycle_invariants(lifecycle)
