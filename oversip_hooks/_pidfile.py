@@ -32,15 +32,19 @@ def _running(pid: int) -> bool:
     return True
 
 
+# Linux never hands out a process id above 2**22 (pid_max's ceiling).
+_LARGEST_PID = 2**22
+
+
 def _holder(path: Path) -> int | None:
     """The live process whose id ``path`` holds, if any."""
     try:
-        text = path.read_text().strip()
+        text = path.read_bytes().strip()
     except FileNotFoundError:
         return None
     if not text:
         return None
-    if not text.isdigit() or int(text) == 0:
+    if not (text.isascii() and text.isdigit() and 0 < int(text) <= _LARGEST_PID):
         raise ConfigError(f"pid file {path}: does not hold a process id; not replacing it")
     pid = int(text)
     return pid if pid != os.getpid() and _running(pid) else None

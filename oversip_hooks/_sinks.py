@@ -130,7 +130,9 @@ class _SyslogSink:
         stamp = f"{_MONTHS[time.month - 1]} {time.day:2d} {time:%H:%M:%S}"
         datagram = f"<{priority}>{stamp} {IDENT}[{os.getpid()}]: {self._text(record)}"
         try:
-            self._socket.sendto(datagram.encode(), self._address)
+            # backslashreplace: a lone surrogate (an undecodable file name, say) must not
+            # cost the whole record
+            self._socket.sendto(datagram.encode(errors="backslashreplace"), self._address)
         except OSError as exc:
             # Said once per outage, on standard error: a sink cannot log through loguru.
             if not self._failing:
@@ -165,8 +167,9 @@ def _check_socket(path: str) -> None:
 def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except OSError as exc:
-        raise ConfigError(f"syslog address {host}:{port}: {exc.strerror or exc}") from exc
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a malformed host name
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"syslog address {host}:{port}: {reason}") from exc
     family, _, _, _, address = found[0]
     return family, address
 

@@ -596,6 +596,23 @@ BAD_INPUT = [
         r"pid file pid: does not hold a process id; not replacing it",
         id="pid-file-of-something-else",
     ),
+    *(
+        pytest.param(
+            {"pid": f"{content}\n"},
+            ["server.py"],
+            {},
+            r"pid file pid: does not hold a process id; not replacing it",
+            id=f"pid-file-holding-{name}",
+        )
+        for name, content in [("a-huge-number", "9" * 20), ("a-unicode-digit", "\u00b2")]
+    ),
+    pytest.param(
+        {},
+        ["server.py", "--syslog", "a..b:514"],
+        {},
+        r"syslog address a\.\.b:514: .*",
+        id="malformed-syslog-host",
+    ),
 ]
 
 
@@ -756,6 +773,7 @@ async def test_syslog_gets_one_datagram_per_record_with_each_level_priority(
                     for level in LEVELS:
                         getattr(log, f"log_system_{level}")(f"level {level}")
                     log.log_info("user says\\nhello\\x00")
+                    log.log_system_info("found report-\\udcff.csv")
 
                 def started(runtime):
                     runtime.stop()
@@ -796,6 +814,7 @@ async def test_syslog_gets_one_datagram_per_record_with_each_level_priority(
     for severity, level in enumerate(severities):
         assert priorities[f"<server> level {level}"] == local3 * 8 + severity
     assert priorities["<server> [user] user says\\nhello\\x00"] == local3 * 8 + 6
+    assert priorities["<server> found report-\\udcff.csv"] == local3 * 8 + 6
     assert priorities["<runtime> terminating"] == local3 * 8 + 6
 
 

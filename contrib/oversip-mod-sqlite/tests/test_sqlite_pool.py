@@ -210,6 +210,29 @@ async def test_a_transaction_rolls_back_when_its_block_raises(
     assert read_rows(database) == []
 
 
+async def test_a_transaction_ended_by_sqlite_runs_nothing_more(
+    lifecycle: LifecycleHarness, with_pool: WithPool, database: Path
+) -> None:
+    """ON CONFLICT ROLLBACK ends the transaction inside SQLite; a caller who catches the
+    error and carries on must not get the rest committed on its own."""
+    user, _ = with_pool(size=1)
+    async with lifecycle.running():
+        pool = opened(user)
+        await pool.execute("CREATE TABLE audit (note TEXT UNIQUE ON CONFLICT ROLLBACK)")
+        await pool.execute("INSERT INTO audit VALUES ('transfer 1')")
+
+        async def transfer() -> None:
+            async with pool.transaction() as tx:
+                await tx.execute("INSERT INTO items (name) VALUES ('debit')")
+                with pytest.raises(sqlite3.IntegrityError):
+                    await tx.execute("INSERT INTO audit VALUES ('transfer 1')")
+                await tx.execute("INSERT INTO items (name) VALUES ('credit')")
+
+        with pytest.raises(sqlite3.OperationalError, match="already ended by SQLite"):
+            await transfer()
+    assert read_rows(database) == []
+
+
 async def test_a_transaction_works_only_inside_its_block(
     lifecycle: LifecycleHarness, with_pool: WithPool
 ) -> None:

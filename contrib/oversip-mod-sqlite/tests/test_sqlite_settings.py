@@ -17,7 +17,7 @@ from oversip_hooks.testing import LifecycleHarness, check_lifecycle_invariants
 import oversip_mod_sqlite
 from oversip_mod_sqlite import SQLiteSettingsError, UnknownPoolError
 
-from sqlite_helpers import PoolUser, read_rows
+from sqlite_helpers import PoolUser, read_rows, register_pool
 
 
 async def not_a_plain_function(connection: sqlite3.Connection) -> None:
@@ -242,3 +242,16 @@ async def test_two_runtimes_running_at_once_each_have_their_own_pools(
 
     for db in databases:
         assert read_rows(db) == [(1, str(db)), (2, "again")]
+
+
+async def test_a_busy_timeout_above_the_shutdown_timeout_is_warned_about(
+    make_lifecycle: Callable[..., LifecycleHarness], database: Path
+) -> None:
+    lifecycle = make_lifecycle(shutdown_timeout=5)
+    register_pool(lifecycle, database, timeout=12)
+    async with lifecycle.running():
+        pass
+    assert (
+        "WARN: <SQLite module> SQLite pool 'main': timeout=12 (the busy timeout) is above "
+        "the runtime's shutdown timeout of 5 s; a shutdown may wait that long for a lock"
+    ) in lifecycle.lines

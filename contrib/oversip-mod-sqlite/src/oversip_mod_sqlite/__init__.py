@@ -126,6 +126,14 @@ def add_pool(
             f"{run.runtime.state.value}"
         )
     settings = check_settings(name, database, size, on_connect, connect_options, taken=run.pools)
+    if settings.timeout > run.runtime.shutdown_timeout:
+        # A statement waiting for another process's lock cannot be interrupted: only its
+        # busy timeout ends it, so the shutdown could outlast its own timeout.
+        _log.log_system_warn(
+            f"SQLite pool {settings.name!r}: timeout={settings.timeout:g} (the busy timeout) "
+            f"is above the runtime's shutdown timeout of "
+            f"{run.runtime.shutdown_timeout:g} s; a shutdown may wait that long for a lock"
+        )
     run.pools[settings.name] = Pool(settings)
     return run.pools[settings.name]
 

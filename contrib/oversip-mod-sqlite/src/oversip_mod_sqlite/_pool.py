@@ -304,7 +304,8 @@ class Pool(Queries, Logger):
             transaction = Transaction(self, lease)
             try:
                 yield transaction
-                await self._in_thread(lease, partial(_run_sql, "COMMIT"))
+                commit = partial(_run_sql, "COMMIT")
+                await self._in_thread(lease, partial(_in_open_transaction, commit))
             except BaseException:
                 await self._roll_back(lease)
                 raise
@@ -507,7 +508,7 @@ class Transaction(Queries):
             raise RuntimeError(
                 "this transaction has ended: run its statements inside its `async with` block"
             )
-        return await self._pool._query(self._lease, work)
+        return await self._pool._query(self._lease, partial(_in_open_transaction, work))
 
     def _end(self) -> None:
         self._lease = None
@@ -526,6 +527,20 @@ async def _stop_statement(lease: _Lease) -> None:
 
 
 # -- what runs in the worker threads ----------------------------------------------------
+
+
+def _in_open_transaction(
+    work: Callable[[sqlite3.Connection], _T], connection: sqlite3.Connection
+) -> _T:
+    # SQLite ends a transaction by itself on some errors (ON CONFLICT ROLLBACK, a full
+    # disk, an interrupt) and on an explicit COMMIT or ROLLBACK. A statement run after that
+    # would be committed on its own; refusing it keeps the transaction all or nothing.
+    if not connection.in_transaction:
+        raise sqlite3.OperationalError(
+            "this transaction was already ended by SQLite (rolled back after an error, or "
+            "an explicit COMMIT/ROLLBACK); nothing more runs in it"
+        )
+    return work(connection)
 
 
 @dataclass(frozen=True)
