@@ -1,21 +1,21 @@
-# A PID file is claimed with link(2): the process id is written in full to a temporary file
-# beside it, which is then linked to the real name, and link(2) fails when that name
-# exists. A reader therefore never sees a half-written file, and of two instances started
-# together only one wins. O_CREAT|O_EXCL was rejected because it leaves a window in which
-# the file exists but is empty, which the other instance would take for stale.
+# A PID file is held with flock(2) for the life of the process: the lock, not the id in
+# the file, says whether an instance is alive, so two instances that find the same stale
+# file cannot both take it (reading the id and replacing the file are two steps another
+# instance could interleave), and the lock frees itself however the process ends.
+# The id in the file is for readers (systemd's PIDFile=, kill `cat ...`).
 #
-# What is in the way decides the rest, as OverSIP and gunicorn do: the id of a live process
-# refuses the start; a dead one (or an empty file) is stale and replaced; our own id is
-# stale too (a container restarted under the same PID 1 finds its previous PID file). A
-# file that does not hold a process id at all is refused rather than overwritten, in case
-# the path given is not a PID file. The file is removed at exit only if it still holds our
-# id, so that an instance never removes another's.
+# What is in the way decides the rest, as OverSIP and gunicorn do: a locked file, or the
+# id of a live process that holds no lock (an instance of something else), refuses the
+# start; a dead id (or an empty file) is stale and replaced; our own id is stale too (a
+# container restarted under the same PID 1 finds its previous PID file). A file that does
+# not hold a process id at all is refused rather than overwritten, in case the path given
+# is not a PID file. The file is removed at exit while the lock is still held.
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,34 +50,47 @@ def _holder(path: Path) -> int | None:
     return pid if pid != os.getpid() and _running(pid) else None
 
 
-def _claim(path: Path) -> None:
-    pid = str(os.getpid())
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as file:
-            os.fchmod(file.fileno(), 0o644)  # readable by all, as PID files are
-            file.write(pid + "\n")
-        for _ in range(2):  # a stale file is removed once, then the link is tried again
+def _claim(path: Path) -> int:
+    """Lock ``path`` and write our id in it; return the descriptor that holds the lock."""
+    for _ in range(3):  # each retry follows a holder that removed the file as we opened it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
             try:
-                os.link(temporary, path)
-                return
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
                 holder = _holder(path)
-                if holder is not None:
-                    raise ConfigError(
-                        f"pid file {path}: process {holder} is running; not starting"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        raise ConfigError(f"pid file {path}: another process keeps writing it; not starting")
-    finally:
-        os.unlink(temporary)
+                running = f"process {holder}" if holder is not None else "another instance"
+                raise ConfigError(f"pid file {path}: {running} is running; not starting") from None
+            if not _is(fd, path):
+                os.close(fd)
+                continue
+            holder = _holder(path)
+            if holder is not None:
+                raise ConfigError(f"pid file {path}: process {holder} is running; not starting")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+    raise ConfigError(f"pid file {path}: another process keeps replacing it; not starting")
 
 
-def _release(path: Path) -> None:
+def _is(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _release(path: Path, fd: int) -> None:
     with contextlib.suppress(OSError):
-        if path.read_text().strip() == str(os.getpid()):
-            path.unlink()
+        if _is(fd, path):
+            path.unlink()  # before the lock goes, so no one takes a file about to vanish
+    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -88,8 +101,8 @@ def pid_file(path: Path) -> Iterator[None]:
         path: where to write the process id; its directory must exist.
 
     Raises:
-        ConfigError: a live process's id is in the file, the file holds something else,
-            or it cannot be written.
+        ConfigError: another instance holds the file, a live process's id is in it, it
+            holds something else than a process id, or it cannot be written.
 
     Example::
 
@@ -97,10 +110,10 @@ def pid_file(path: Path) -> Iterator[None]:
             status = trio.run(runtime.run)
     """
     try:
-        _claim(path)
+        fd = _claim(path)
     except OSError as exc:
         raise ConfigError(f"pid file {path}: {exc.strerror}") from exc
     try:
         yield
     finally:
-        _release(path)
+        _release(path, fd)

@@ -643,6 +643,27 @@ async def test_bad_input_exits_2_with_one_line_and_starts_nothing(
     assert notify.drain() == []
 
 
+async def test_a_pid_file_held_by_a_running_instance_is_never_taken(
+    tmp_path: Path, spawn: Spawn
+) -> None:
+    """The lock decides, not the id in the file: even with a stale id written over it
+    (what a second instance racing on a stale file would see), the file is not taken."""
+    write(tmp_path, {"server.py": SERVER})
+    first = await spawn("run", "server.py", "--pidfile", "pid")
+    await first.line("<runtime> running")
+    (tmp_path / "pid").write_text(f"{await dead_pid()}\n")
+
+    second = await command(tmp_path, "run", "server.py", "--pidfile", "pid")
+
+    assert second.status == 2
+    assert second.err == [
+        "oversip-hooks: error: pid file pid: another instance is running; not starting"
+    ]
+    os.kill(first.pid, signal.SIGTERM)
+    assert await first.finish() == 0
+    assert not (tmp_path / "pid").exists()
+
+
 async def test_run_goes_on_when_systemd_cannot_be_notified(tmp_path: Path) -> None:
     write(tmp_path, {"server.py": "def started(runtime):\n    runtime.stop()\n"})
     env = child_env(tmp_path, NOTIFY_SOCKET=str(tmp_path / "nobody-listens"))
