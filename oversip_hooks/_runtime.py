@@ -300,6 +300,7 @@ class Runtime:
         if self._ran:
             raise RuntimeError("a Runtime runs once; make a new one to run again")
         self._ran = True
+        # 8. An invalid plugin is refused before any hook of any plugin is called.
         validate(self.pm)
         self._callbacks = self._callbacks_registry().copy()
         self._trio_token = trio.lowlevel.current_trio_token()
@@ -319,7 +320,7 @@ class Runtime:
                     self._set_state(RuntimeState.STOPPED)
                     if self._failed and not self._announced_failure:
                         emit(LOG_ID, "crit", "exiting with error status")
-                    with trio.CancelScope(shield=True):
+                    with trio.CancelScope(shield=True):  # 9. no log line is lost
                         await _flush_logs()
         except BaseExceptionGroup as group:
             # A Ctrl-C under handle_signals=False, or a cancellation from outside: the
