@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import importlib.metadata
 import inspect
@@ -122,10 +123,19 @@ def _is_plain_server_hook(plugin: object, name: str) -> bool:
         return False
     function = vars(plugin).get(name)
     # Defined in the file itself: a function imported under a hook's name does not count.
+    # A name close to a hook's (`startd`, `initialise`) counts too, so that validation
+    # refuses it with a "did you mean"; unmarked, a typo would otherwise pass unseen.
     return (
-        name in LIFECYCLE_HOOKS
+        _looks_like_a_hook(name)
         and inspect.isfunction(function)
         and function.__module__ == SERVER_MODULE
+    )
+
+
+def _looks_like_a_hook(name: str) -> bool:
+    return name in LIFECYCLE_HOOKS or (
+        not name.startswith("_")
+        and bool(difflib.get_close_matches(name, LIFECYCLE_HOOKS, n=1, cutoff=0.85))
     )
 
 

@@ -607,6 +607,13 @@ BAD_INPUT = [
         for name, content in [("a-huge-number", "9" * 20), ("a-unicode-digit", "\u00b2")]
     ),
     pytest.param(
+        {"server.py": "async def startd(runtime):\n    pass\n"},
+        ["server.py"],
+        {},
+        r"server\.py:1: plugin 'server': unknown hook 'startd'; did you mean 'started'\? .*",
+        id="unmarked-hook-typo-in-the-server-file",
+    ),
+    pytest.param(
         {},
         ["server.py", "--syslog", "a..b:514"],
         {},
