@@ -456,7 +456,8 @@ class Runtime:
     async def _call(
         self, hook: str, impl: pluggy.HookImpl, **kwargs: object
     ) -> BaseException | None:
-        """Call one implementation; return what it raised, if anything but a cancellation."""
+        """Call one implementation; return what it raised, but for a cancellation or a
+        KeyboardInterrupt, which go on up: neither is the implementation's failure."""
         kwargs["runtime"] = self
         for before, _ in self._monitors:
             before(hook, impl.plugin_name, kwargs)
