@@ -53,6 +53,14 @@ class Sync:
     def terminated(self, error: bool) -> None: ...
 
 
+class StartsLast:
+    @hookimpl(trylast=True)
+    def started(self) -> None: ...
+
+    @hookimpl
+    def terminated(self) -> None: ...
+
+
 class OnlyTerminated:
     @hookimpl
     def terminated(self) -> None: ...
@@ -93,13 +101,6 @@ async def test_hooks_run_in_registration_order_and_terminated_in_reverse(lifecyc
 
 
 async def test_tryfirst_and_trylast_are_honoured_and_terminated_mirrors_started(lifecycle):
-    class Last:
-        @hookimpl(trylast=True)
-        def started(self) -> None: ...
-
-        @hookimpl
-        def terminated(self) -> None: ...
-
     class First:
         @hookimpl(tryfirst=True)
         def started(self) -> None: ...
@@ -110,7 +111,7 @@ async def test_tryfirst_and_trylast_are_honoured_and_terminated_mirrors_started(
         @hookimpl
         def terminated(self) -> None: ...
 
-    lifecycle.register(Last(), name="last")
+    lifecycle.register(StartsLast(), name="last")
     lifecycle.register(Sync(), name="plain")
     lifecycle.register(First(), name="first")
     await lifecycle.play("reload")
@@ -852,14 +853,7 @@ async def test_a_real_second_stop_signal_abandons_the_shutdown():
 
 
 def test_hook_order_tells_the_order_before_the_run(lifecycle):
-    class Last:
-        @hookimpl(trylast=True)
-        def started(self) -> None: ...
-
-        @hookimpl
-        def terminated(self) -> None: ...
-
-    lifecycle.register(Last(), name="last")
+    lifecycle.register(StartsLast(), name="last")
     lifecycle.register(OnlyTerminated(), name="no_started")
     lifecycle.register(Sync(), name="plain")
     SystemCallbacks.on_terminated(lambda: None)
