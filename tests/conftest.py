@@ -8,4 +8,5 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-pytest_plugins = ["pytester"]
+# tests.processes: the `spawn` and `notify` fixtures, for the tests that run the command.
+pytest_plugins = ["pytester", "tests.processes"]
