@@ -9,6 +9,11 @@
 # Bad input is printed as plain lines rather than sent through the log sinks, as every
 # command's usage errors are: part of it is found before the sinks exist, and it is read by
 # a person, at a terminal or in the journal, where standard error goes under systemd.
+#
+# `run` and `check` take the same options and variables and go through one function,
+# _prepare, for everything before the lifecycle, so that they cannot drift apart: `check`
+# passing means `run` starts. Only what cannot be tried without its effect differs: `check`
+# removes the syslog sink as soon as it is made, and looks at the PID file without taking it.
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,21 +35,30 @@ import trio
 from loguru import logger
 
 from . import _settings
-from ._discovery import ENTRY_POINT_GROUP, Plugins, Source, load
-from ._logging import add_console_sink
+from ._callbacks import CALLBACKS_PLUGIN_NAME
+from ._discovery import ENTRY_POINT_GROUP, Plugins, Source, callbacks_source, load
+from ._logging import add_console_sink, emit
 from ._manager import LIFECYCLE_HOOKS
 from ._notify import Notifier
-from ._pidfile import pid_file
+from ._pidfile import PidFile, check_pid_file, pid_file
 from ._runtime import Runtime
 from ._settings import ConfigError
+from ._signals import signals_caught
 from ._sinks import add_json_sink, add_syslog_sink
 
 PROG = "oversip-hooks"
+LOG_ID = "runtime"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``oversip-hooks`` command; return its exit status: 0 clean stop, 1 error
     once the lifecycle has begun, 2 bad input (nothing was started).
+
+    From its first line until it returns, SIGHUP, SIGTERM, SIGINT and SIGQUIT are caught:
+    one that comes before the runtime runs is kept for it (a stop: no hook runs, status
+    0), one that comes after the last ``terminated`` is ignored. Called as the program
+    (``argv`` not given), it leaves them ignored, for the moments until the process has
+    exited; given ``argv``, it puts back the handlers it found.
 
     Args:
         argv: the arguments after the program's name; ``sys.argv[1:]`` by default.
@@ -52,41 +67,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         raise SystemExit(main(["check", "server.py"]))
     """
-    options = _parser().parse_args(argv)
-    command: Callable[[argparse.Namespace], int] = options.command
-    try:
-        return command(options)
-    except ConfigError as exc:
-        _report(str(exc), exc, debug=options.debug)
-        return 2
+    with signals_caught(then_ignore=argv is None):
+        options = _parser().parse_args(argv)
+        command: Callable[[argparse.Namespace], int] = options.command
+        try:
+            return command(options)
+        except ConfigError as exc:
+            _report(str(exc), exc, debug=options.debug)
+            return 2
 
 
 # -- the commands ------------------------------------------------------------------------
 
 
 def _run(options: argparse.Namespace) -> int:
-    _settings.resolve(options, os.environ)
-    notifier = Notifier.from_environ(os.environ)
-    logger.remove()
-    if options.log_format == "json":
-        add_json_sink(sys.stderr, level=options.log_level)
-    else:
-        add_console_sink(sys.stderr, level=options.log_level)
-    if options.syslog is not None:
-        add_syslog_sink(options.syslog, facility=options.syslog_facility, level=options.log_level)
-    plugins = _load(options)
+    notifier, plugins = _prepare(options, for_run=True)
     if plugins.problems:
         return _refuse(plugins, debug=options.debug)
     timeouts = {
         name: getattr(options, name)
-        for name in ("startup_timeout", "shutdown_timeout")
+        for name in ("startup_timeout", "shutdown_timeout", "blocked_loop_threshold")
         if getattr(options, name) is not None
     }
-    runtime = Runtime(plugins.pm, **timeouts)
     with ExitStack() as stack:
-        if options.pidfile is not None:
-            stack.enter_context(pid_file(options.pidfile))
+        held = None if options.pidfile is None else stack.enter_context(pid_file(options.pidfile))
+        runtime = Runtime(plugins.pm, on_overrun=lambda: _end_now(held), **timeouts)
         return trio.run(_serve, runtime, notifier)
+
+
+def _end_now(held: PidFile | None) -> NoReturn:
+    """End the process from the watchdog's thread, the shutdown having overrun its grace
+    (the runtime has logged what still runs): the PID file goes, nothing else runs."""
+    if held is not None:
+        held.remove()
+    os._exit(1)
 
 
 async def _serve(runtime: Runtime, notifier: Notifier | None) -> int:
@@ -102,7 +116,7 @@ async def _serve(runtime: Runtime, notifier: Notifier | None) -> int:
 
 
 def _check(options: argparse.Namespace) -> int:
-    plugins = _load_for_inspection(options)
+    _, plugins = _prepare(options, for_run=False)
     if plugins.problems:
         return _refuse(plugins, debug=options.debug)
     names = ", ".join(source.name for source in plugins.sources)
@@ -115,12 +129,15 @@ def _list_plugins(options: argparse.Namespace) -> int:
     if plugins.problems:
         return _refuse(plugins, debug=options.debug)
     order = _hook_order(plugins.pm)
+    sources = plugins.sources
+    if any(CALLBACKS_PLUGIN_NAME in names for names in order.values()):
+        sources = [callbacks_source(), *sources]  # registered before all others
     if options.json:
-        listed = [dataclasses.asdict(source) for source in plugins.sources]
+        listed = [dataclasses.asdict(source) for source in sources]
         print(json.dumps({"plugins": listed, "hooks": order}, indent=2))
         return 0
     print("plugins, in registration order:")
-    rows = [(source.name, source.origin, _where(source)) for source in plugins.sources]
+    rows = [(source.name, source.origin, _where(source)) for source in sources]
     print("\n".join(_columns(rows)) if rows else "  (none)")
     print("\nhooks, in call order:")
     hooks = [(hook, ", ".join(names) or "(none)") for hook, names in order.items()]
@@ -131,6 +148,40 @@ def _list_plugins(options: argparse.Namespace) -> int:
 # -- helpers -----------------------------------------------------------------------------
 
 
+def _prepare(options: argparse.Namespace, *, for_run: bool) -> tuple[Notifier | None, Plugins]:
+    """Everything ``run`` does and checks before the lifecycle begins, for ``run`` and
+    ``check`` alike: the settings from flags and variables, the PID file (looked at, not
+    taken), the log sinks, the systemd variables, and the plugins, whose warnings are
+    logged. Unless ``for_run``, the syslog sink and the notifier are only made, and let
+    go at once.
+
+    Raises:
+        ConfigError: a setting, a variable or the PID file is bad.
+    """
+    _settings.resolve(options, os.environ)
+    if options.pidfile is not None:
+        check_pid_file(options.pidfile)
+    logger.remove()
+    if options.log_format == "json":
+        add_json_sink(sys.stderr, level=options.log_level)
+    else:
+        add_console_sink(sys.stderr, level=options.log_level)
+    if options.syslog is not None:
+        sink = add_syslog_sink(
+            options.syslog, facility=options.syslog_facility, level=options.log_level
+        )
+        if not for_run:
+            with warnings.catch_warnings():
+                # Removing the sink drops its socket, which is closed as it goes.
+                warnings.simplefilter("ignore", ResourceWarning)
+                logger.remove(sink)
+    notifier = Notifier.from_environ(os.environ)
+    if notifier is not None and not for_run:
+        notifier.close()
+        notifier = None
+    return notifier, _load(options)
+
+
 def _hook_order(pm: pluggy.PluginManager) -> dict[str, list[str]]:
     """The plugins whose implementations of each hook run, in the order they run, with
     ``SystemCallbacks`` standing for the callbacks registered so far."""
@@ -139,12 +190,18 @@ def _hook_order(pm: pluggy.PluginManager) -> dict[str, list[str]]:
 
 
 def _load(options: argparse.Namespace) -> Plugins:
-    return load(
+    """Load the plugins; unless there are problems, which alone are then said, log a
+    warning line for each plugin that has no hook."""
+    plugins = load(
         options.server,
         options.modules,
         entry_points=not options.no_entrypoints,
         blocked=set(options.blocked),
     )
+    if not plugins.problems:
+        for warning in plugins.warnings:
+            emit(LOG_ID, "warn", warning)
+    return plugins
 
 
 def _load_for_inspection(options: argparse.Namespace) -> Plugins:
@@ -263,9 +320,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         parents=[common],
-        help="load and validate the plugins without starting them",
-        description="Load and validate every plugin without starting any; list every problem.",
+        help="load and validate the plugins and the options of run, without starting them",
+        description="Load and validate every plugin, and the options and variables of run, "
+        "as run does, without starting anything; list every problem.",
     )
+    _settings.add_arguments(check)
     check.set_defaults(command=_check)
     plugins = commands.add_parser(
         "plugins",

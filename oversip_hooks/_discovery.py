@@ -18,14 +18,32 @@
 # becomes a hook. The rule lives in the plugin manager (`parse_hookimpl_opts`, pluggy's
 # documented override point, as pytest uses it for its unmarked `pytest_*` functions)
 # rather than marking the user's functions as they load.
+#
+# Nothing is ignored in silence. In the server file every module-level name equal to a
+# hook's must be a function that runs as that hook: a function defined in the file (plain,
+# async or a lambda) or one marked @hookimpl; anything else bound to such a name (an
+# imported function, a number, a functools.partial, a class) is refused, as is a function
+# whose name is close to a hook's or is OverSIP's (`on_started`). `-p no:NAME` must name an
+# installed entry point. A plugin that has no hook at all (no @hookimpl, no callback
+# registered through SystemCallbacks as it loaded) is loaded, with a warning naming it: a
+# module may have been installed only for its API.
+#
+# The server file must be a regular file of at most MAX_SERVER_FILE bytes, opened without
+# blocking, so that a FIFO, /dev/zero or a huge file is refused rather than waited for or
+# read until memory runs out. Any exception its code raises, BaseExceptions included, is
+# bad input; a KeyboardInterrupt also ends the loading, since it may be the operator's
+# Ctrl-C.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-import difflib
+import errno
 import importlib
 import importlib.metadata
 import inspect
+import os
+import stat
 import sys
 import traceback
 import types
@@ -37,7 +55,15 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from ._manager import LIFECYCLE_HOOKS, plain_impl_opts, validate
+from ._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot
+from ._manager import (
+    LIFECYCLE_HOOKS,
+    close_match,
+    looks_like,
+    oversip_name,
+    plain_impl_opts,
+    validate,
+)
 
 ENTRY_POINT_GROUP = "oversip_hooks"
 SERVER_NAME = "server"
@@ -46,6 +72,10 @@ SERVER_MODULE = "__oversip_server__"
 ENTRY_POINT = "entry point"
 OPTION = "--plugin"
 SERVER_FILE = "server file"
+CALLBACKS = "callbacks"
+
+# The largest server file read: far more than any server file needs, little enough memory.
+MAX_SERVER_FILE = 10 * 1024 * 1024
 
 # Frames of the import machinery and of this package, skipped when an error is located.
 _MACHINERY = (str(Path(importlib.__file__).parent), str(Path(__file__).parent))
@@ -57,8 +87,10 @@ class Source:
 
     Attributes:
         name: the name it is registered under.
-        origin: ``"entry point"``, ``"--plugin"`` or ``"server file"``.
-        target: the entry point's value, the module's dotted path, or the file given.
+        origin: ``"entry point"``, ``"--plugin"``, ``"server file"``, or ``"callbacks"``
+            for the callbacks registered through ``SystemCallbacks``.
+        target: the entry point's value, the module's dotted path, the file given, or
+            the callbacks' qualified names.
         path: the file it was loaded from, when known.
         distribution: the installed distribution that provides it, when known.
         version: that distribution's version.
@@ -79,6 +111,8 @@ class Source:
             return f"entry point {self.name!r}{found_in}"
         if self.origin == OPTION:
             return f"--plugin {self.target!r}"
+        if self.origin == CALLBACKS:
+            return "the SystemCallbacks registry"
         return "the server file"
 
 
@@ -93,11 +127,13 @@ class Problem:
 @dataclass
 class Plugins:
     """What :func:`load` found: the manager with every plugin that loaded cleanly, where
-    each came from, in registration order, and the problems with the others."""
+    each came from, in registration order, the problems with the others, and warnings
+    (a plugin with no hook), each one line, that do not stop a start."""
 
     pm: pluggy.PluginManager
     sources: list[Source] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class _PluginManager(pluggy.PluginManager):
@@ -121,21 +157,21 @@ class _PluginManager(pluggy.PluginManager):
 def _is_plain_server_hook(plugin: object, name: str) -> bool:
     if not isinstance(plugin, types.ModuleType) or plugin.__name__ != SERVER_MODULE:
         return False
-    function = vars(plugin).get(name)
-    # Defined in the file itself: a function imported under a hook's name does not count.
-    # A name close to a hook's (`startd`, `initialise`) counts too, so that validation
-    # refuses it with a "did you mean"; unmarked, a typo would otherwise pass unseen.
-    return (
-        _looks_like_a_hook(name)
-        and inspect.isfunction(function)
-        and function.__module__ == SERVER_MODULE
-    )
+    # Defined in the file itself: anything else bound to a hook's name is refused by
+    # _check_server_names. A name close to a hook's (`startd`, `relaod`) or OverSIP's
+    # (`on_started`) counts too, so that validation refuses it with a "did you mean";
+    # unmarked, it would otherwise pass unseen.
+    return _looks_like_a_hook(name) and _defined_in_server_file(vars(plugin).get(name))
+
+
+def _defined_in_server_file(value: object) -> bool:
+    return inspect.isfunction(value) and value.__module__ == SERVER_MODULE
 
 
 def _looks_like_a_hook(name: str) -> bool:
     return name in LIFECYCLE_HOOKS or (
         not name.startswith("_")
-        and bool(difflib.get_close_matches(name, LIFECYCLE_HOOKS, n=1, cutoff=0.85))
+        and (looks_like(name, LIFECYCLE_HOOKS) is not None or oversip_name(name) is not None)
     )
 
 
@@ -154,6 +190,9 @@ def load(
         entry_points: load the entry points of the group ``oversip_hooks``.
         blocked: names of entry points not to load.
 
+    A name in ``blocked`` that is not an installed entry point is a problem (with a
+    "did you mean"), as is a KeyboardInterrupt, which also ends the loading.
+
     Example::
 
         plugins = load(Path("server.py"), ["my_module"], blocked={"legacy"})
@@ -161,16 +200,39 @@ def load(
             print(problem.message)
     """
     loader = _Loader()
-    if entry_points:
-        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        for entry_point in sorted(found, key=lambda entry_point: entry_point.name):
-            if entry_point.name not in blocked:
-                loader.entry_point(entry_point)
-    for module in modules:
-        loader.module(module)
-    if server is not None:
-        loader.server_file(server)
+    found = sorted(
+        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+        key=lambda entry_point: entry_point.name,
+    )
+    names = sorted({entry_point.name for entry_point in found})
+    for name in sorted(set(blocked)):
+        if name not in names:
+            loader.plugins.problems.append(Problem(_not_installed(name, names)))
+    try:
+        if entry_points:
+            for entry_point in found:
+                if entry_point.name not in blocked:
+                    loader.entry_point(entry_point)
+        for module in modules:
+            loader.module(module)
+        if server is not None:
+            loader.server_file(server)
+    except _Interrupted:
+        pass
     return loader.plugins
+
+
+def _not_installed(name: str, installed: Sequence[str]) -> str:
+    close = close_match(name, installed)
+    if close is not None:
+        hint = f"; did you mean -p no:{close}?"
+    else:
+        hint = f" (installed: {', '.join(installed)})" if installed else " (none is installed)"
+    return f"-p no:{name}: no entry point named {name!r} is installed{hint}"
+
+
+class _Interrupted(Exception):
+    """A KeyboardInterrupt while loading: the loading stops there."""
 
 
 class _Loader:
@@ -203,20 +265,32 @@ class _Loader:
 
     def server_file(self, path: Path) -> None:
         try:
-            code = path.read_bytes()
+            code = _read_server_file(path)
         except OSError as exc:
             self._problem(f"{path}: cannot read the server file: {exc.strerror}", exc)
             return
         source = Source(SERVER_NAME, SERVER_FILE, str(path), str(path))
-        self._add(source, lambda: _exec_server(path, code))
+        self._add(
+            source,
+            lambda: _exec_server(path, code),
+            lambda module: _check_server_names(module, path, code),
+        )
 
-    def _add(self, source: Source, load: Callable[[], object]) -> None:
+    def _add(
+        self,
+        source: Source,
+        load: Callable[[], object],
+        check: Callable[[Any], list[Problem]] = lambda plugin: [],
+    ) -> None:
+        callbacks = _callback_count(snapshot())
         try:
             plugin = load()
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:
             self._problem(f"{_failure(exc)} (while loading {source.label})", exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise _Interrupted from exc
             return
-        problems = _check_hooks(plugin, source.name)
+        problems = check(plugin) + _check_hooks(plugin, source.name)
         pm = self.plugins.pm
         if problems:
             self.plugins.problems.extend(problems)
@@ -231,9 +305,44 @@ class _Loader:
             pm.register(plugin, name=source.name)
             self._labels[source.name] = source.label
             self.plugins.sources.append(_completed(source, plugin, self._distributions))
+            if not pm.get_hookcallers(plugin) and _callback_count(snapshot()) == callbacks:
+                self.plugins.warnings.append(_no_hooks(source, plugin))
 
     def _problem(self, message: str, error: BaseException | None = None) -> None:
         self.plugins.problems.append(Problem(message, error))
+
+
+def _read_server_file(path: Path) -> bytes:
+    """The bytes of ``path``, a regular file of at most MAX_SERVER_FILE bytes.
+
+    Raises:
+        OSError: it cannot be opened or read, or is not such a file (with a strerror that
+            says so).
+    """
+    # O_NONBLOCK: opening a FIFO does not wait for a writer; it is then refused.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file (a {_file_type(mode)})")
+        code = file.read(MAX_SERVER_FILE + 1)
+    if len(code) > MAX_SERVER_FILE:
+        raise OSError(
+            errno.EFBIG, f"larger than {MAX_SERVER_FILE // (1024 * 1024)} MiB, the most read"
+        )
+    return code
+
+
+def _file_type(mode: int) -> str:
+    kinds = [
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ]
+    return next((kind for test, kind in kinds if test(mode)), "special file")
 
 
 def _exec_server(path: Path, code: bytes) -> types.ModuleType:
@@ -247,9 +356,81 @@ def _exec_server(path: Path, code: bytes) -> types.ModuleType:
     return module
 
 
+def _check_server_names(module: types.ModuleType, path: Path, code: bytes) -> list[Problem]:
+    """A problem for each module-level name of the server file equal to a hook's that is
+    bound to something that would not run as that hook."""
+    finder = _PluginManager()
+    problems = []
+    for hook in LIFECYCLE_HOOKS:
+        if hook not in vars(module):
+            continue
+        value = vars(module)[hook]
+        if _defined_in_server_file(value) or finder.parse_hookimpl_opts(module, hook):
+            continue
+        line = _binding_line(code, hook)
+        where = f"{path}:{line}: " if line else f"{path}: "
+        problems.append(
+            Problem(
+                f"{where}{hook!r} is bound to {_describe(value)}, which would not run as the "
+                f"hook {hook!r}: in the server file a hook's name is for a function defined "
+                f"there (def {hook}(...): ...); rename the other"
+            )
+        )
+    return problems
+
+
+def _describe(value: object) -> str:
+    """``value`` in a few words: ``an int (5)``, ``started() imported from mylib``."""
+    if value is None:
+        return "None"
+    if inspect.isclass(value):
+        return f"the class {value.__qualname__}"
+    if inspect.ismodule(value):
+        return f"the module {value.__name__}"
+    if inspect.isroutine(value):
+        module = getattr(value, "__module__", None)
+        name = getattr(value, "__qualname__", None) or getattr(value, "__name__", "?")
+        return f"{name}() imported from {module}" if module else f"the function {name}()"
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    kind = kind.removeprefix("builtins.")
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind} ({_one_line(text)})"
+
+
+def _binding_line(code: bytes, name: str) -> int | None:
+    """The line of the last module-level binding of ``name`` in ``code``: an assignment,
+    an import, a ``def`` or a ``class``; ``None`` when there is none to be seen."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+    lines = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == name:
+                lines.append(node.lineno)
+            pending.extend(node.decorator_list)  # not the body: another scope
+            continue
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound = [(alias.asname or alias.name).partition(".")[0] for alias in node.names]
+            if name in bound:
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id == name:
+            lines.append(node.lineno)
+        pending.extend(ast.iter_child_nodes(node))
+    return max(lines, default=None)
+
+
 def _check_hooks(plugin: object, name: str) -> list[Problem]:
     """A problem for each hook implementation of ``plugin`` that cannot be registered or
-    fails validation, in the order of their definitions."""
+    fails validation, in the order of their definitions; then, if each is valid alone, a
+    problem if the plugin as a whole is not (one hook implemented twice)."""
     finder = _PluginManager()
     hooks = [attr for attr in dir(plugin) if finder.parse_hookimpl_opts(plugin, attr) is not None]
     problems = []
@@ -262,7 +443,52 @@ def _check_hooks(plugin: object, name: str) -> list[Problem]:
             file, line = _definition(getattr(plugin, attribute))
             where = f"{file}:{line}: " if file else ""
             problems.append(Problem(f"{where}{_one_line(str(exc))}", exc))
+    if not problems:
+        whole = _PluginManager()
+        try:
+            whole.register(plugin, name=name)
+            validate(whole)
+        except pluggy.PluginValidationError as exc:
+            problems.append(Problem(_one_line(str(exc)), exc))
     return problems
+
+
+def _callback_count(registry: CallbackRegistry) -> int:
+    return sum(len(registry.impls(hook)) for hook in LIFECYCLE_HOOKS)
+
+
+def _no_hooks(source: Source, plugin: object) -> str:
+    """The warning for a plugin without a hook: what it is, and why, when it can tell."""
+    module = getattr(plugin, "__name__", None)
+    unmarked = [
+        name
+        for hook in LIFECYCLE_HOOKS
+        for name in (hook, f"on_{hook}")
+        if getattr(getattr(plugin, name, None), "__module__", False) == module
+    ]
+    if unmarked:
+        functions = ", ".join(f"{name}()" for name in unmarked)
+        why = f": {functions} {'is' if len(unmarked) == 1 else 'are'} not marked @hookimpl"
+        oversip = [name for name in unmarked if oversip_name(name)]
+        if oversip:
+            why += f" (OverSIP's {oversip[0]} is {oversip_name(oversip[0])!r} here)"
+    elif source.origin == SERVER_FILE:
+        why = f": no function named {', '.join(LIFECYCLE_HOOKS[:-1])} or {LIFECYCLE_HOOKS[-1]}"
+    else:
+        why = ": no function marked @hookimpl, no SystemCallbacks"
+    return f"{source.label} has no hook{why}; it is loaded, and never called"
+
+
+def callbacks_source() -> Source:
+    """The ``SystemCallbacks`` registry as a plugin source, naming its callbacks."""
+    registry = snapshot()
+    names = dict.fromkeys(
+        f"{getattr(impl.function, '__module__', '?')}."
+        f"{getattr(impl.function, '__qualname__', None) or repr(impl.function)}"
+        for hook in LIFECYCLE_HOOKS
+        for impl in registry.impls(hook)
+    )
+    return Source(CALLBACKS_PLUGIN_NAME, CALLBACKS, ", ".join(names))
 
 
 def _completed(
@@ -293,7 +519,11 @@ def _failure(exc: BaseException) -> str:
         if not frame.filename.startswith(("<", *_MACHINERY))
     ]
     where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
-    return f"{where}{type(exc).__name__}: {_one_line(str(exc))}"
+    try:
+        text = _one_line(str(exc))
+    except Exception:  # an exception whose __str__ raises
+        text = ""
+    return f"{where}{type(exc).__name__}: {text}" if text else f"{where}{type(exc).__name__}"
 
 
 def _definition(function: Any) -> tuple[str, int]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -45,10 +46,20 @@ def fatal(msg: str | BaseException) -> NoReturn:
                 fatal("invalid module settings, exiting")
     """
     if isinstance(msg, BaseException):
-        raise FatalError(f"{msg} ({type(msg).__name__})", msg) from msg
+        raise FatalError(f"{printable(msg, str)} ({type(msg).__name__})", msg) from msg
     if isinstance(msg, str):
         raise FatalError(msg)
     raise TypeError(f"fatal() takes a str or an exception, not {type(msg).__name__}")
+
+
+def printable(value: object, show: Callable[[object], str] = repr) -> str:
+    """``show(value)``, or a stand-in naming its type when that raises: plugin code may
+    hand the runtime an exception whose ``__str__`` or ``__repr__`` fails, and reporting
+    it must not fail too."""
+    try:
+        return show(value)
+    except BaseException as exc:  # whatever plugin code raises, a stand-in is printed
+        return f"<{type(value).__name__} object; its {show.__name__}() raised {type(exc).__name__}>"
 
 
 class Launcher:

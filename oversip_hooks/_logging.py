@@ -6,10 +6,22 @@
 # The console sink is not colourised: loguru would read the `<log_id>` of OverSIP's
 # `LEVEL: <log_id> message` as colour markup, and plain lines are what journald and
 # containers want.
+#
+# No message, log_id or traceback can forge a record, in any format: every sink escapes
+# control characters with `escape`, the one function for all of them. The text format
+# keeps a multi-line message (and a traceback) readable instead: each line after the
+# first starts with CONTINUATION, "| ", and a record line always starts with a digit of
+# its time (or with "<N>" when standard error is the journal), so no continuation line
+# can read as a record. Records without a newline or a control character, the usual
+# case, take a fast path that only checks `str.isprintable()` and returns a constant
+# template, as before.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import traceback
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TextIO, overload
@@ -43,6 +55,85 @@ def _add_levels() -> None:
 
 
 _add_levels()
+
+# RFC 5424's severity codes, 0 (emerg) to 7 (debug): syslog's priorities, and the "<N>"
+# prefix of sd-daemon(3) that tells the journal a line's level.
+SEVERITIES = {
+    "emerg": 0,
+    "alert": 1,
+    "crit": 2,
+    "error": 3,
+    "warn": 4,
+    "notice": 5,
+    "info": 6,
+    "debug": 7,
+}
+
+_LEVEL_OF_LOGURU_NAME = {loguru_name: level for level, (loguru_name, _) in LEVELS.items()}
+
+
+def oversip_level(record: Record) -> str:
+    """The OverSIP level of a record; a loguru level of someone else's (``WARNING``,
+    ``SUCCESS``, ...) counts as the highest OverSIP level at or below its number."""
+    level = _LEVEL_OF_LOGURU_NAME.get(record["level"].name)
+    if level is not None:
+        return level
+    at_or_below = [name for name, (_, number) in LEVELS.items() if number <= record["level"].no]
+    return at_or_below[-1] if at_or_below else "debug"
+
+
+# -- escaping ------------------------------------------------------------------------------
+
+# What a line must not hold raw: the C0 and C1 controls and DEL (newline, carriage return,
+# NUL, the ESC of terminal sequences...), the Unicode line and paragraph separators that
+# some readers split lines on, and the bidirectional embeddings, overrides and isolates,
+# which make a terminal show a line's text in another order than it holds it.
+_OTHER_CONTROLS = r"\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(rf"[\n{_OTHER_CONTROLS}]")
+_CONTROL_BUT_NEWLINE = re.compile(f"[{_OTHER_CONTROLS}]")
+
+CONTINUATION = "| "
+"""What each line of a record after its first starts with, in the text format."""
+
+
+def _escape_match(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def escape(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with each control character written as its Python escape: ``"a\\x1bb"``;
+    newlines too (``"a\\nb"``, one line) unless ``keep_newlines``."""
+    if text.isprintable():  # the usual case, and much faster than the search
+        return text
+    return (_CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL).sub(_escape_match, text)
+
+
+def exception_text(record: Record) -> str | None:
+    """The traceback of the record's exception, as Python prints it, or ``None``."""
+    error = record["exception"]
+    if error is None:
+        return None
+    return "".join(traceback.format_exception(error.type, error.value, error.traceback))
+
+
+def is_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is the systemd journal: its device and inode are the ones
+    ``JOURNAL_STREAM`` names (systemd.exec(5)), so a redirected stream is not."""
+    device, colon, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (colon and device.isdecimal() and inode.isdecimal()):
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor: a StringIO, say
+        return False
+    return (status.st_dev, status.st_ino) == (int(device), int(inode))
+
+
+@lru_cache(maxsize=64)
+def journal_prefix(severity: int, template: str) -> str:
+    """``template`` (a loguru format) with the ``<N>`` of sd-daemon(3) before it, its
+    ``<`` escaped from loguru's colour markup."""
+    return f"\\<{severity}>{template}"
 
 
 @lru_cache(maxsize=1024)  # bounded: a log_id may be per connection
@@ -164,21 +255,76 @@ def get_logger(log_id: str) -> Logger:
     return _NamedLogger(log_id)
 
 
-_FOREIGN_LINE = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level}: {message}\n{exception}"
-_LINE = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level}: <{extra[log_id]}> {message}\n{exception}"
-_USER_LINE = _LINE.replace("{message}", "[user] {message}")
+_TIME = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level}: "
+_FOREIGN_LINE = _TIME + "{message}\n"
+_LINE = _TIME + "<{extra[log_id]}> {message}\n"
+_USER_LINE = _TIME + "<{extra[log_id]}> [user] {message}\n"
+_BODY = "_oversip_text"  # the key in `extra` of a line that had to be escaped
+_ESCAPED_LINE = _TIME + "{extra[" + _BODY + "]}\n"
 
 
-def format_console(record: Record) -> str:
-    """loguru format for OverSIP lines: ``<time> LEVEL: <log_id> [user] message``."""
+def _plain_line(record: Record) -> str | None:
+    """The template of a record that needs no escaping and has one line, else ``None``."""
+    if record["exception"] is not None or not record["message"].isprintable():
+        return None
     extra = record["extra"]
     if "log_id" not in extra:
         return _FOREIGN_LINE
+    log_id = extra["log_id"]
+    if type(log_id) is not str or not log_id.isprintable():
+        return None
     return _USER_LINE if extra.get("user") else _LINE
+
+
+def _escaped_text(record: Record, newline: str) -> str:
+    """What follows ``LEVEL: `` for a record, escaped, each line after the first starting
+    with ``newline``."""
+    extra = record["extra"]
+    text = escape(record["message"], keep_newlines=True)
+    if "log_id" in extra:
+        user = "[user] " if extra.get("user") else ""
+        text = f"<{escape(str(extra['log_id']))}> {user}{text}"
+    exception = exception_text(record)
+    if exception is not None:
+        text += "\n" + escape(exception.removesuffix("\n"), keep_newlines=True)
+    return text.replace("\n", newline)
+
+
+def format_console(record: Record) -> str:
+    """loguru format for OverSIP lines: ``<time> LEVEL: <log_id> [user] message``, each
+    further line of the message and of a traceback after ``| ``."""
+    # _plain_line, inlined: this runs for every line
+    extra = record["extra"]
+    if record["exception"] is None and record["message"].isprintable():
+        if "log_id" not in extra:
+            return _FOREIGN_LINE
+        log_id = extra["log_id"]
+        if type(log_id) is str and log_id.isprintable():
+            return _USER_LINE if extra.get("user") else _LINE
+    extra[_BODY] = _escaped_text(record, "\n" + CONTINUATION)
+    return _ESCAPED_LINE
+
+
+def format_journal(record: Record) -> str:
+    """:func:`format_console` with each line, the continuation lines too, after the
+    ``<N>`` of the record's syslog severity, as the journal reads it."""
+    severity = SEVERITIES[oversip_level(record)]
+    template = _plain_line(record)
+    if template is None:
+        newline = f"\n<{severity}>{CONTINUATION}"
+        record["extra"][_BODY] = _escaped_text(record, newline)
+        template = _ESCAPED_LINE
+    return journal_prefix(severity, template)
 
 
 def add_console_sink(stream: TextIO | None = None, *, level: str = "info") -> int:
     """Send records to ``stream`` (standard error by default) as OverSIP lines.
+
+    Control characters in a message or a ``log_id`` are escaped (``\\x1b``); each line of
+    a multi-line message or of a traceback after the first starts with ``| ``. When
+    ``stream`` is the systemd journal (``JOURNAL_STREAM`` names it), every line starts
+    with the ``<N>`` priority prefix of sd-daemon(3), so that the journal stores each
+    record at its level.
 
     Args:
         stream: where the lines go.
@@ -192,10 +338,12 @@ def add_console_sink(stream: TextIO | None = None, *, level: str = "info") -> in
     """
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    if stream is None:
+        stream = sys.stderr
     return logger.add(
-        stream if stream is not None else sys.stderr,
+        stream,
         level=LEVELS[level][0],
-        format=format_console,
+        format=format_journal if is_journal(stream) else format_console,
         colorize=False,
         backtrace=False,
         diagnose=False,

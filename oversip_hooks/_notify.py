@@ -9,12 +9,22 @@
 # service works without its supervisor's bookkeeping. Each message is sent to the address
 # anew rather than over a connected socket, so that a re-executed systemd is found again.
 #
+# Sending never blocks: the socket is non-blocking, and a message that finds the socket's
+# queue full (systemd busy, or a socket nobody reads) is dropped. A send waiting for room
+# would block the event loop, and with it the signal handling that could stop us. One warn
+# line says when messages start being dropped, whatever the reason, and one notice line
+# when they get through again, not a line per message.
+#
 # The watchdog task pings before the first hook runs and until the last one returned: it is
 # a trio task, so pings stop exactly when a hook blocks the event loop, which is what the
-# watchdog exists to catch.
+# watchdog exists to catch. A WATCHDOG_USEC below WATCHDOG_FLOOR_USEC (0.1 s, pings every
+# 0.05 s) is refused as bad input: a watchdog that short cannot be kept reliably by a
+# Python event loop, and pinging as often as it asks (WATCHDOG_USEC=1 was 88,000 datagrams
+# in 3 s) floods systemd. Clamping it would only get the service killed by the watchdog.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -25,9 +35,13 @@ import trio
 
 from ._logging import emit
 from ._runtime import RuntimeState
-from ._settings import ConfigError
+from ._settings import LARGEST_PID, ConfigError, parse_int, shown
 
 LOG_ID = "systemd"
+
+# The shortest watchdog accepted, and the longest (a day), in microseconds.
+WATCHDOG_FLOOR_USEC = 100_000
+WATCHDOG_LONGEST_USEC = 86_400_000_000
 
 
 def _state_message(state: RuntimeState) -> list[str]:
@@ -65,10 +79,14 @@ class Notifier:
         elif address.startswith("/"):
             self._address = address
         else:
-            raise ConfigError(f"NOTIFY_SOCKET: expected an absolute path or @name, not {address!r}")
+            raise ConfigError(
+                f"NOTIFY_SOCKET: expected an absolute path or @name, not {shown(address)}"
+            )
         self.watchdog_interval = watchdog_interval
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.setblocking(False)
         self._failing = False
+        self._dropped = 0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Notifier | None:
@@ -77,26 +95,45 @@ class Notifier:
         without ``NOTIFY_SOCKET``.
 
         Raises:
-            ConfigError: one of these variables holds something systemd never sets.
+            ConfigError: one of these variables holds something systemd never sets
+                (``WATCHDOG_PID`` above Linux's largest process id, ``WATCHDOG_USEC``
+                above a day), or a watchdog of ours shorter than ``WATCHDOG_FLOOR_USEC``.
         """
         address = environ.get("NOTIFY_SOCKET")
         if not address:
             return None
-        usec = _environ_int(environ, "WATCHDOG_USEC")
-        pid = _environ_int(environ, "WATCHDOG_PID")
+        usec = _environ_int(environ, "WATCHDOG_USEC", WATCHDOG_LONGEST_USEC, "microseconds")
+        pid = _environ_int(environ, "WATCHDOG_PID", LARGEST_PID, "a process id")
         ours = pid is None or pid == os.getpid()
-        return cls(address, usec / 2e6 if usec and ours else None)
+        if usec is None or not ours:
+            return cls(address)
+        if usec < WATCHDOG_FLOOR_USEC:
+            raise ConfigError(
+                f"WATCHDOG_USEC: a watchdog of {usec} microseconds is too short to keep; "
+                f"expected at least {WATCHDOG_FLOOR_USEC} (WatchdogSec=100ms)"
+            )
+        return cls(address, usec / 2e6)
 
     def send(self, *assignments: str) -> None:
-        """Send ``assignments`` (``"READY=1"``, ...) in one datagram."""
+        """Send ``assignments`` (``"READY=1"``, ...) in one datagram, or drop them: never
+        blocks, never raises."""
         try:
             self._socket.sendto("\n".join(assignments).encode(), self._address)
         except OSError as exc:
             if not self._failing:
-                emit(LOG_ID, "warn", f"cannot notify systemd: {exc}")
+                reason = "its socket's queue is full" if _full(exc) else str(exc)
+                emit(LOG_ID, "warn", f"cannot notify systemd: {reason}; dropping notifications")
             self._failing = True
+            self._dropped += 1
         else:
+            if self._failing:
+                emit(LOG_ID, "notice", f"notifying systemd again, {self._dropped} dropped")
             self._failing = False
+            self._dropped = 0
+
+    def close(self) -> None:
+        """Close the socket; a message sent after this is dropped."""
+        self._socket.close()
 
     def on_state(self, state: RuntimeState) -> None:
         """A state listener for :meth:`Runtime.add_state_listener`."""
@@ -112,10 +149,15 @@ class Notifier:
             self.send("WATCHDOG=1")
 
 
-def _environ_int(environ: Mapping[str, str], name: str) -> int | None:
+def _full(exc: OSError) -> bool:
+    return isinstance(exc, BlockingIOError) or exc.errno == errno.ENOBUFS
+
+
+def _environ_int(environ: Mapping[str, str], name: str, high: int, what: str) -> int | None:
     raw = environ.get(name)
     if not raw:
         return None
-    if not raw.isdigit() or int(raw) == 0:
-        raise ConfigError(f"{name}: expected a positive integer, not {raw!r}")
-    return int(raw)
+    try:
+        return parse_int(raw, low=1, high=high, what=what)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None

@@ -11,6 +11,12 @@
 # `terminated` implementation in a scope of its own that shares one deadline: when the
 # deadline passes, the one in progress is cancelled and the rest are still called.
 #
+# No deadline of the loop's own can bound what blocks the loop or never returns to it, so
+# a watchdog thread (`_watchdog.py`) stands behind each one: it ends a start that a
+# synchronous `started` keeps past its deadline, and when the shutdown has not ended
+# `GRACE` seconds after its deadline (or after a second stop signal), it logs what is
+# still running and calls `on_overrun`, with which the command ends the process.
+#
 # Services run in the runtime's nursery, each in a cancel scope recorded under the plugin
 # that started it (a context variable set while a plugin's hook runs, inherited by the
 # tasks and worker threads it starts). A service catches its own errors and turns them into
@@ -19,15 +25,21 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import inspect
 import math
+import os
 import signal
+import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
-from contextvars import ContextVar
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from contextvars import Context, ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple, TypedDict, TypeVarTuple, Unpack
 
 import pluggy
@@ -35,13 +47,14 @@ import trio
 from loguru import logger
 
 from ._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot, using
-from ._fatal import FatalError
+from ._fatal import FatalError, printable
 from ._logging import add_console_sink, emit
 from ._manager import LIFECYCLE_HOOKS, get_plugin_manager, readable_name, validate
 from ._modules import active_plugin_manager
+from ._signals import HANDLED_SIGNALS, STOP_SIGNALS, signals_caught
+from ._watchdog import GRACE, Watchdog
 
 LOG_ID = "runtime"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 _Ts = TypeVarTuple("_Ts")
 _Before = Callable[[str, str, dict[str, object]], object]
@@ -49,6 +62,18 @@ _After = Callable[[BaseException | None, str, str, dict[str, object]], object]
 
 # The plugin whose hook, service or worker thread is running; services belong to it.
 _current_plugin: ContextVar[str | None] = ContextVar("oversip_hooks_plugin", default=None)
+
+# Counts the forks this process is the child of: a child that a hook forked and that
+# returns into the runtime is ended there, rather than run a second copy of the services.
+_fork_generation = 0
+
+
+def _count_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 class RuntimeState(enum.Enum):
@@ -72,6 +97,7 @@ class _Turn(NamedTuple):
 
 @dataclass(eq=False)
 class _Service:
+    name: str
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -118,9 +144,16 @@ class Runtime:
         handle_signals: handle SIGHUP (reload) and SIGTERM, SIGINT, SIGQUIT (stop) while
             running, when running in the main thread.
         startup_timeout: seconds that all ``started`` implementations together may take.
-        shutdown_timeout: seconds that the whole shutdown may take.
+        shutdown_timeout: seconds that the whole shutdown may take, from the stop request.
+        blocked_loop_threshold: seconds after which an event loop blocked by a hook or a
+            service is reported, while it lasts, with a warn line naming them; ``None``
+            not to watch for it.
         callbacks: the ``SystemCallbacks`` registry to start from; by default a copy of
             the callbacks registered so far outside any run.
+        on_overrun: called, in a thread of its own, when the shutdown has not ended
+            ``GRACE`` (1) second after its deadline or after a second stop signal, once
+            the crit line naming what still runs has been logged. The command and
+            :func:`run` pass one that ends the process with status 1.
 
     Raises:
         TypeError, ValueError: for an argument of the wrong type or value.
@@ -139,7 +172,9 @@ class Runtime:
         handle_signals: bool = True,
         startup_timeout: float = 30.0,
         shutdown_timeout: float = 30.0,
+        blocked_loop_threshold: float | None = 1.0,
         callbacks: CallbackRegistry | None = None,
+        on_overrun: Callable[[], object] | None = None,
     ) -> None:
         if pm is None:
             pm = get_plugin_manager()
@@ -151,14 +186,21 @@ class Runtime:
             )
         if callbacks is not None and not isinstance(callbacks, CallbackRegistry):
             raise TypeError(f"callbacks must be a CallbackRegistry, not {type(callbacks).__name__}")
+        if on_overrun is not None and not callable(on_overrun):
+            raise TypeError(f"on_overrun must be callable, not {type(on_overrun).__name__}")
         self.pm = pm
         self.handle_signals = bool(handle_signals)
         self.startup_timeout = _check_timeout("startup_timeout", startup_timeout)
         self.shutdown_timeout = _check_timeout("shutdown_timeout", shutdown_timeout)
+        self.blocked_loop_threshold = (
+            None
+            if blocked_loop_threshold is None
+            else _check_timeout("blocked_loop_threshold", blocked_loop_threshold)
+        )
         self._callbacks = callbacks
+        self._on_overrun = on_overrun
         self._state = RuntimeState.CREATED
         self._ran = False
-        self._stop_signals = 0
         self._state_listeners: list[Callable[[RuntimeState], object]] = []
         self._monitors: list[tuple[_Before, _After]] = []
         self._errors: list[BaseException] = []
@@ -166,17 +208,33 @@ class Runtime:
         self._failed = False  # the exit status is 1
         self._announced_failure = False
         self._until_stop = trio.CancelScope()
-        # Set as soon as a stop is asked for, from any thread, so that the loops over
-        # implementations see it at once; `_until_stop` is cancelled in the trio thread.
+        # Set as soon as a stop is asked for, from any thread or a signal handler, so that
+        # the loops over implementations see it at once; `_until_stop` is cancelled in the
+        # trio thread.
         self._stop_requested = False
+        self._stop_time: float | None = None  # trio's clock, when asked in its thread
+        self._stop_monotonic: float | None = None
         self._abandon_shutdown = trio.CancelScope()
         self._reload_wanted = trio.Event()
+        self._signals_handled = False
+        self._stop_signals = 0
+        self._signals_received: collections.deque[tuple[int, int]] = collections.deque()
         self._started: list[str] = []
+        self._turn: tuple[str, str] | None = None  # (plugin, hook) being called
+        # What each frame of a hook call or a service in progress belongs to, for the
+        # watchdog to say what blocks the loop or what the shutdown is waiting for.
+        self._running: dict[FrameType, tuple[str | None, str]] = {}
         self._services: dict[str | None, set[_Service]] = {}
         self._closed_owners: set[str | None] = set()
+        self._interrupted: KeyboardInterrupt | None = None
+        # The start ends once: completed, failed, or timed out by the loop or the watchdog.
+        self._startup_lock = threading.Lock()
+        self._startup_settled = False
+        self._watchdog: Watchdog | None = None
         self._nursery: trio.Nursery | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._trio_thread: int | None = None
+        self._fork_generation = _fork_generation
 
     # -- public API ---------------------------------------------------------------------
 
@@ -243,12 +301,13 @@ class Runtime:
     def stop(self) -> None:
         """Request a graceful stop (``terminated`` gets ``error=False``).
 
-        Safe from hooks, services and other threads. During startup it cancels the
-        ``started`` implementation in progress and skips the rest. Does nothing once
-        the shutdown has begun.
+        Safe from hooks, services and other threads. Takes effect before the next
+        implementation is called; during startup it also cancels the ``started``
+        implementation in progress. Does nothing once the shutdown has begun.
         """
         if self._state not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
             self._stop_requested = True
+            self._note_stop()
         self._in_runtime_thread(self._request_stop)
 
     def reload(self) -> None:
@@ -259,6 +318,37 @@ class Runtime:
         after ``started`` completes.
         """
         self._in_runtime_thread(self._request_reload)
+
+    def signal_received(self, signum: int) -> None:
+        """Act on ``signum`` as the runtime's own signal handler does: SIGHUP reloads,
+        the first SIGTERM, SIGINT or SIGQUIT stops, a second one abandons the shutdown.
+
+        For tests, and for programs that receive signals themselves
+        (``handle_signals=False``). Safe from a signal handler and from any thread; before
+        :meth:`run`, the signal is kept and acted on as soon as the run begins. Does
+        nothing once the run has ended.
+
+        Raises:
+            ValueError: ``signum`` is none of these four signals.
+        """
+        if signum != signal.SIGHUP and signum not in STOP_SIGNALS:
+            raise ValueError(f"the runtime acts on SIGHUP and the stop signals, not {signum}")
+        if self._state is RuntimeState.STOPPED:
+            return
+        ordinal = 0
+        if signum in STOP_SIGNALS:
+            self._stop_signals += 1
+            ordinal = self._stop_signals
+            if ordinal == 1:
+                self._stop_requested = True
+                self._note_stop()
+            else:
+                self._failed = True
+                self._cut_shutdown_short()
+        self._signals_received.append((signum, ordinal))
+        if self._trio_token is not None:
+            with suppress(trio.RunFinishedError):
+                self._trio_token.run_sync_soon(self._act_on_signals)
 
     def start_soon(self, async_fn: Callable[[Unpack[_Ts]], Awaitable[object]], *args: *_Ts) -> None:
         """Start a service owned by the calling plugin; it runs until that plugin's
@@ -272,8 +362,9 @@ class Runtime:
         """
         nursery = self._services_nursery()
         owner = _current_plugin.get()
+        service = self._new_service(owner, async_fn)
         nursery.start_soon(
-            self._host_service, owner, self._new_service(owner), async_fn, args, False
+            self._host_service, owner, service, async_fn, args, False, name=service.name
         )
 
     async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> Any:
@@ -286,11 +377,21 @@ class Runtime:
         """
         nursery = self._services_nursery()
         owner = _current_plugin.get()
-        service = self._new_service(owner)
-        return await nursery.start(self._host_service, owner, service, async_fn, args, True)
+        service = self._new_service(owner, async_fn)
+        return await nursery.start(
+            self._host_service, owner, service, async_fn, args, True, name=service.name
+        )
 
     async def run(self) -> int:
         """Run the whole lifecycle; return the exit status: 0 clean stop, 1 error.
+
+        What it cannot bound: ``run()`` returns only once every hook call and service has
+        returned. Plugin code that never returns to the event loop (a worker thread that
+        never ends, a shielded scope, a swallowed cancellation, synchronous code that
+        blocks) keeps it from returning, however its deadlines fire. ``GRACE`` (1) second
+        after the shutdown's deadline, a watchdog thread then logs at crit what is still
+        running and calls ``on_overrun``; without one, nothing ends the process: that is
+        the embedding program's to decide.
 
         Raises:
             pluggy.PluginValidationError: a plugin implements an unknown hook or a hook
@@ -305,19 +406,25 @@ class Runtime:
         self._callbacks = self._callbacks_registry().copy()
         self._trio_token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
+        self._watchdog = Watchdog(
+            self._trio_token,
+            blocked_threshold=self.blocked_loop_threshold,
+            on_blocked=self._report_blocked_loop,
+            signals=HANDLED_SIGNALS,
+        )
+        self._watchdog.start()
         modules_token = active_plugin_manager.set(self.pm)
         try:
-            with using(self._callbacks), self._receiving_signals() as receiver:
+            with using(self._callbacks), self._signals_attached():
                 try:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
-                        if receiver is not None:
-                            await nursery.start(self._watch_signals, receiver)
                         await self._lifecycle()
                         nursery.cancel_scope.cancel()
                 finally:
                     self._nursery = None
                     self._set_state(RuntimeState.STOPPED)
+                    self._watchdog.close()
                     if self._failed and not self._announced_failure:
                         emit(LOG_ID, "crit", "exiting with error status")
                     with trio.CancelScope(shield=True):  # 9. no log line is lost
@@ -330,6 +437,8 @@ class Runtime:
             raise
         finally:
             active_plugin_manager.reset(modules_token)
+        if self._interrupted is not None:
+            raise self._interrupted
         return 1 if self._failed else 0
 
     # -- the lifecycle, top to bottom -----------------------------------------------------
@@ -339,23 +448,16 @@ class Runtime:
             with self._until_stop:
                 # 1. `initialize` once, then `started` once, one implementation at a time, in
                 #    registration order. 2. An error or fatal() in either is fatal and the rest
-                #    do not run. 5. `started` as a whole is bounded by startup_timeout.
-                #    7. A stop during startup cancels the implementation in progress and skips
-                #    the rest.
+                #    do not run. 5. `started` as a whole is bounded by startup_timeout, even
+                #    when a synchronous one blocks the loop (the watchdog ends it then).
+                #    7. A stop or a signal, from the first instant, takes effect before the
+                #    next implementation is called; during `started` it also cancels the
+                #    one in progress.
                 self._set_state(RuntimeState.INITIALIZING)
                 if await self._run_startup_hook("initialize"):
                     self._callbacks_registry().closed_hooks.add("started")
                     self._set_state(RuntimeState.STARTING)
-                    with trio.move_on_after(self.startup_timeout) as startup:
-                        started = await self._run_startup_hook("started")
-                    if startup.cancelled_caught:
-                        timeout = TimeoutError(
-                            f"started did not complete within {self.startup_timeout:g} s"
-                        )
-                        self._errors.append(timeout)
-                        emit(LOG_ID, "crit", str(timeout))
-                        self._fail()
-                    elif started:
+                    if await self._run_started():
                         # 3. Reloads, one at a time, until a stop; requests made during
                         #    startup or during a reload are coalesced into one more.
                         emit(LOG_ID, "notice", "running")
@@ -372,61 +474,110 @@ class Runtime:
             # 4. `terminated` exactly once for each plugin whose `started` completed, in
             #    the reverse order, whatever the way down, a cancellation from outside or a
             #    KeyboardInterrupt included; 6. then that plugin's services are cancelled.
+            #    The shutdown is bounded from the stop request, by the watchdog when plugin
+            #    code keeps the loop from bounding it.
             with trio.CancelScope(shield=True):
                 await self._shut_down()
 
-    async def _run_startup_hook(self, hook: str) -> bool:
+    async def _run_started(self) -> bool:
+        deadline = trio.current_time() + self.startup_timeout
+        assert self._watchdog is not None
+        self._watchdog.set_alarm(time.monotonic() + self.startup_timeout, self._startup_overran)
+        try:
+            with trio.CancelScope(deadline=deadline) as startup:
+                started = await self._run_startup_hook("started", deadline)
+        finally:
+            ours = self._settle_startup()  # not when it timed out already, in the watchdog
+        if startup.cancelled_caught and ours:
+            self._startup_timed_out()
+            return False
+        return started and ours
+
+    async def _run_startup_hook(self, hook: str, deadline: float | None = None) -> bool:
         for turn in self._schedule(hook):
-            if self._stop_requested:
-                return False  # the previous implementation asked to stop
+            if not turn.impls and self._stop_came():
+                return False  # a plugin without this hook has had its turn only before a stop
             for impl in turn.impls:
                 # A stop, a signal or the startup deadline that came during a synchronous
                 # implementation takes effect here, before the next one is called.
+                if self._stop_came():
+                    return False
                 await trio.lowlevel.checkpoint()
+                self._turn = (turn.plugin_name, hook)
                 error = await self._call(hook, impl)
                 if error is not None:
-                    self._report(error, turn.plugin_name, hook)
+                    self._report(error, turn.plugin_name, hook, impl)
                     self._fail()
                     return False
             if hook == "started":
                 self._started.append(turn.plugin_name)
+            if deadline is not None and self._past(deadline):
+                if self._settle_startup():  # a synchronous one overran: a timeout all the same
+                    self._startup_timed_out()
+                return False
         await trio.lowlevel.checkpoint()  # the same, after the last one
-        return True
+        return not self._stop_came()
+
+    def _stop_came(self) -> bool:
+        self._act_on_signals()
+        return self._stop_requested
 
     async def _run_reload(self) -> None:
         emit(LOG_ID, "info", "reloading")
         for turn in self._schedule("reload"):
             for impl in turn.impls:
+                self._act_on_signals()
                 if self._stop_requested:
                     return
+                self._turn = (turn.plugin_name, "reload")
                 error = await self._call("reload", impl)
                 if error is not None:
-                    self._report(error, turn.plugin_name, "reload")
+                    self._report(error, turn.plugin_name, "reload", impl)
                     if _is_fatal(error):
                         self._fail()
                         return
         emit(LOG_ID, "info", "reloaded")
 
     async def _shut_down(self) -> None:
+        self._note_stop()
+        self._act_on_signals()
         self._set_state(RuntimeState.STOPPING)
         emit(LOG_ID, "info", "terminating" + (" on error" if self._error else ""))
         self._callbacks_registry().closed_hooks.add("terminated")
-        deadline = trio.current_time() + self.shutdown_timeout
+        started_at = self._stop_time if self._stop_time is not None else trio.current_time()
+        deadline = started_at + self.shutdown_timeout
         with self._abandon_shutdown:
             for turn in self._termination_turns(self._started):
                 for impl in turn.impls:
+                    self._act_on_signals()
                     if self._abandon_shutdown.cancel_called:
                         return
-                    with trio.CancelScope(deadline=deadline) as scope:
-                        error = await self._call("terminated", impl, error=self._error)
-                    if scope.cancelled_caught:
-                        self._shutdown_timed_out(f"terminated hook of {turn.plugin_name!r}")
-                    elif error is not None:
-                        self._report(error, turn.plugin_name, "terminated")
-                        self._failed = True
+                    await self._terminate(turn.plugin_name, impl, deadline)
                 await self._close_services(turn.plugin_name, deadline)
             for owner in list(self._services):
                 await self._close_services(owner, deadline)
+
+    async def _terminate(self, plugin_name: str, impl: pluggy.HookImpl, deadline: float) -> None:
+        """Call one `terminated`, and say whose fault it was if the deadline passed."""
+        no_time_left = self._past(deadline)
+        self._turn = (plugin_name, "terminated")
+        error: BaseException | None = None
+        with trio.CancelScope(deadline=deadline) as scope:
+            try:
+                error = await self._call("terminated", impl, error=self._error)
+            except KeyboardInterrupt as interrupt:  # a Ctrl-C under handle_signals=False
+                self._interrupted = interrupt
+        what = f"terminated of {plugin_name!r}"
+        if no_time_left:
+            if scope.cancelled_caught:
+                emit(LOG_ID, "error", f"{what} was cancelled: the shutdown timeout had run out")
+        elif scope.cancelled_caught:
+            self._shutdown_timed_out(f"{what} cancelled")
+        elif self._past(deadline):
+            self._shutdown_timed_out(f"{what} returned late")
+        if error is not None:
+            self._report(error, plugin_name, "terminated", impl)
+            self._failed = True
 
     # -- calling implementations --------------------------------------------------------
 
@@ -456,22 +607,30 @@ class Runtime:
     async def _call(
         self, hook: str, impl: pluggy.HookImpl, **kwargs: object
     ) -> BaseException | None:
-        """Call one implementation; return what it raised, but for a cancellation or a
-        KeyboardInterrupt, which go on up: neither is the implementation's failure."""
+        """Call one implementation; return what it raised, but for the runtime's own
+        cancellation, which goes on up. A KeyboardInterrupt is the implementation's
+        failure when the runtime handles SIGINT (a real Ctrl-C never raises one then),
+        and goes on up otherwise."""
         kwargs["runtime"] = self
         for before, _ in self._monitors:
             before(hook, impl.plugin_name, kwargs)
         outcome: BaseException | None = None
         token = _current_plugin.set(impl.plugin_name)
+        frame = sys._getframe()
+        self._running[frame] = (impl.plugin_name, hook)
         try:
             result = impl.function(*[kwargs[name] for name in impl.argnames])
             if result is not None and inspect.isawaitable(result):
                 await result
         except BaseException as exc:
             outcome = exc
-            if is_cancellation(exc) or isinstance(exc, KeyboardInterrupt):
+            if is_cancellation(exc) or (
+                isinstance(exc, KeyboardInterrupt) and not self._signals_handled
+            ):
                 raise
         finally:
+            del self._running[frame]
+            self._leave_if_forked_child()
             _current_plugin.reset(token)
             for _, after in self._monitors:
                 after(outcome, hook, impl.plugin_name, kwargs)
@@ -479,14 +638,20 @@ class Runtime:
 
     # -- failures -----------------------------------------------------------------------
 
-    def _report(self, error: BaseException, plugin_name: str | None, where: str) -> None:
+    def _report(
+        self,
+        error: BaseException,
+        plugin_name: str | None,
+        where: str,
+        impl: pluggy.HookImpl | None = None,
+    ) -> None:
         self._errors.append(error)
-        log_id = self._log_id_of(plugin_name)
+        log_id = self._log_id_of(plugin_name, impl)
         for leaf in leaf_exceptions(error):
             if isinstance(leaf, FatalError):
-                emit(log_id, "crit", leaf.error or leaf.message)
+                emit(log_id, "crit", leaf.message, exception=leaf.error)
             elif not isinstance(leaf, trio.Cancelled):
-                emit(log_id, "crit", f"{where} failed: {leaf!r}", exception=leaf)
+                emit(log_id, "crit", f"{where} failed: {printable(leaf)}", exception=leaf)
 
     def _fail(self) -> None:
         """End the running phase with error=True, or just mark the exit status during
@@ -498,15 +663,144 @@ class Runtime:
         self._announced_failure = True
         emit(LOG_ID, "crit", "exiting with error status")
         self._stop_requested = True
+        self._note_stop()
         self._until_stop.cancel()
+
+    def _past(self, deadline: float) -> bool:
+        return trio.current_time() >= deadline
+
+    def _settle_startup(self) -> bool:
+        """End the start; whether it was still ours to end (the watchdog may have ended
+        it while a synchronous `started` blocked the loop)."""
+        with self._startup_lock:
+            if self._startup_settled:
+                return False
+            self._startup_settled = True
+            assert self._watchdog is not None
+            alarm = self._watchdog.alarm
+            if alarm is not None and alarm[1] == self._startup_overran:
+                self._watchdog.clear_alarm()
+            return True
+
+    def _startup_timed_out(self) -> None:
+        message = f"{self._in_turn()} did not complete within the startup timeout"
+        timeout = TimeoutError(f"{message} of {self.startup_timeout:g} s")
+        self._errors.append(timeout)
+        emit(LOG_ID, "crit", str(timeout))
+        self._fail()
+
+    def _startup_overran(self) -> None:
+        """The watchdog's end of a start that a synchronous `started` keeps past its
+        deadline: what `_startup_timed_out` does, from another thread."""
+        with self._startup_lock:
+            if self._startup_settled:
+                return
+            self._startup_settled = True
+            self._error = self._failed = self._announced_failure = True
+            self._stop_requested = True
+            self._note_stop()
+        timeout = TimeoutError(
+            f"{self._in_turn()} did not complete within the startup timeout of "
+            f"{self.startup_timeout:g} s"
+        )
+        self._errors.append(timeout)
+        emit(LOG_ID, "crit", str(timeout))
+        emit(LOG_ID, "crit", "exiting with error status")
+        if self._trio_token is not None:
+            with suppress(trio.RunFinishedError):
+                self._trio_token.run_sync_soon(self._until_stop.cancel)
 
     def _shutdown_timed_out(self, what: str) -> None:
         emit(
             LOG_ID,
             "crit",
-            f"{what} cancelled: the shutdown timeout of {self.shutdown_timeout:g} s ran out",
+            f"{what}: the shutdown timeout of {self.shutdown_timeout:g} s ran out",
         )
         self._failed = True
+
+    def _note_stop(self) -> None:
+        """Start the shutdown's clock at the first stop request, and the watchdog's."""
+        if self._stop_monotonic is not None:
+            return
+        self._stop_monotonic = time.monotonic()
+        if self._trio_thread is not None and threading.get_ident() == self._trio_thread:
+            self._stop_time = trio.current_time()
+        if self._watchdog is not None:
+            self._watchdog.set_alarm(
+                self._stop_monotonic + self.shutdown_timeout + GRACE,
+                lambda: self._overran(
+                    f"the shutdown did not end within the shutdown timeout of "
+                    f"{self.shutdown_timeout:g} s and {GRACE:g} s of grace"
+                ),
+            )
+
+    def _cut_shutdown_short(self) -> None:
+        """A second stop signal: the process ends within GRACE, whatever plugins do."""
+        if self._watchdog is None:
+            return
+        deadline = time.monotonic() + GRACE
+        alarm = self._watchdog.alarm
+        if alarm is None or alarm[0] > deadline:
+            self._watchdog.set_alarm(
+                deadline,
+                lambda: self._overran(
+                    f"the shutdown did not end within {GRACE:g} s of a second stop signal"
+                ),
+            )
+
+    def _overran(self, reason: str) -> None:
+        """In the watchdog's thread: the loop could not end the run in time."""
+        self._failed = True
+        still = "; ".join(self._still_running()) or "nothing that a plugin owns"
+        ending = "ending the process" if self._on_overrun else "Runtime.run() waits for them"
+        emit(LOG_ID, "crit", f"{reason}; still running: {still}; {ending}")
+        with suppress(Exception):
+            logger.complete()
+            sys.stderr.flush()
+        if self._on_overrun is not None:
+            self._on_overrun()
+
+    def _report_blocked_loop(self, seconds: float) -> None:
+        emit(
+            LOG_ID,
+            "warn",
+            f"the event loop has been blocked for {seconds:.1f} s {self._blocking_code()}",
+        )
+
+    # -- what is running, seen from the watchdog's thread ---------------------------------
+
+    def _in_turn(self) -> str:
+        if self._turn is None:
+            return "started"
+        plugin_name, hook = self._turn
+        return f"{hook} of {plugin_name!r}"
+
+    def _blocking_code(self) -> str:
+        """``in started of 'server'``: the hook or service that the trio thread runs."""
+        frame = sys._current_frames().get(self._trio_thread or 0)
+        while frame is not None:
+            owner = self._running.get(frame)
+            if owner is not None:
+                plugin_name, what = owner
+                return f"in {what} of {plugin_name or LOG_ID!r}"
+            frame = frame.f_back
+        return "outside any plugin's hook or service"
+
+    def _still_running(self) -> list[str]:
+        """For each plugin, what of it has not returned: hooks, services, worker threads."""
+        by_plugin: dict[str, list[str]] = {}
+        for plugin_name, what in list(self._running.values()):
+            by_plugin.setdefault(plugin_name or LOG_ID, []).append(what)
+        for plugin_name, function in _worker_threads():
+            by_plugin.setdefault(plugin_name or LOG_ID, []).append(
+                f"a worker thread running {function}"
+            )
+        return [f"{name!r}: {', '.join(whats)}" for name, whats in by_plugin.items()]
+
+    def _leave_if_forked_child(self) -> None:
+        if _fork_generation != self._fork_generation:
+            os.write(2, b"oversip-hooks: a hook forked and the child returned to the runtime\n")
+            os._exit(1)
 
     # -- requests and signals -----------------------------------------------------------
 
@@ -520,58 +814,43 @@ class Runtime:
     def _request_stop(self) -> None:
         if self._state not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
             self._stop_requested = True
+            self._note_stop()
             self._until_stop.cancel()
 
     def _request_reload(self) -> None:
         if self._state not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
             self._reload_wanted.set()
 
-    def _handle_signal(self, signum: int) -> None:
-        """SIGHUP reloads; the first stop signal stops, the second abandons the shutdown."""
-        if self._state is RuntimeState.STOPPED:
-            return
-        name = signal.Signals(signum).name
-        if signum == signal.SIGHUP:
-            emit(LOG_ID, "notice", f"{name} signal received, reloading...")
-            self._request_reload()
-            return
-        self._stop_signals += 1
-        if self._stop_signals == 1:
-            emit(LOG_ID, "notice", f"{name} signal received, exiting...")
-            self._request_stop()
-        else:
-            emit(LOG_ID, "crit", f"{name} signal received again, abandoning the shutdown")
-            self._failed = True
-            self._abandon_shutdown.cancel()
+    def _act_on_signals(self) -> None:
+        """Log and act on the signals received so far, in the trio thread: called soon
+        after each arrives, and before every implementation, so that the lines come in
+        order and a stop takes effect before the next implementation."""
+        while self._signals_received:
+            signum, ordinal = self._signals_received.popleft()
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                if self._state not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
+                    emit(LOG_ID, "notice", f"{name} signal received, reloading...")
+                    self._request_reload()
+            elif ordinal == 1:
+                emit(LOG_ID, "notice", f"{name} signal received, exiting...")
+                self._request_stop()
+            else:
+                emit(LOG_ID, "crit", f"{name} signal received again, abandoning the shutdown")
+                self._abandon_shutdown.cancel()
 
     @contextmanager
-    def _receiving_signals(self) -> Iterator[AsyncIterator[int] | None]:
+    def _signals_attached(self) -> Iterator[None]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            yield None
+            yield
             return
-        # When its receiver closes, trio re-raises each signal it has not delivered yet to
-        # the handler that was there before: with the default handlers, a SIGTERM or SIGHUP
-        # arriving in the last moments of a run would kill the process. Those handlers are
-        # set to "ignore" while the receiver is open, and put back after.
-        signums = (signal.SIGHUP, *STOP_SIGNALS)
-        previous = {signum: signal.getsignal(signum) for signum in signums}
-        for signum in signums:
-            signal.signal(signum, signal.SIG_IGN)
-        try:
-            with trio.open_signal_receiver(*signums) as receiver:
-                yield receiver
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    async def _watch_signals(
-        self,
-        receiver: AsyncIterator[int],
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        async for signum in receiver:
-            self._handle_signal(signum)
+        with signals_caught() as catcher:
+            self._signals_handled = True
+            catcher.attach(self.signal_received)
+            try:
+                yield
+            finally:
+                catcher.detach()
 
     # -- services -----------------------------------------------------------------------
 
@@ -591,6 +870,8 @@ class Runtime:
     ) -> None:
         _current_plugin.set(owner)
         status = _TaskStatus(task_status)
+        frame = sys._getframe()
+        self._running[frame] = (owner, f"service {service.name}")
         try:
             with service.scope:
                 if reports_ready:
@@ -600,16 +881,18 @@ class Runtime:
         except BaseException as exc:
             if is_cancellation(exc) or (reports_ready and not status.reported):
                 raise  # a start() that failed before it was ready raises in its caller
-            self._report(exc, owner, f"service {getattr(async_fn, '__qualname__', async_fn)}")
+            self._report(exc, owner, f"service {service.name}")
             self._fail()
         finally:
+            del self._running[frame]
+            self._leave_if_forked_child()
             self._services.get(owner, set()).discard(service)
             service.done.set()
 
-    def _new_service(self, owner: str | None) -> _Service:
+    def _new_service(self, owner: str | None, async_fn: Callable[..., object]) -> _Service:
         # Recorded before its task first runs, so that closing the owner's services
         # right after `start_soon` still waits for this one.
-        service = _Service()
+        service = _Service(_name_of(async_fn))
         if owner in self._closed_owners:
             service.scope.cancel()
         self._services.setdefault(owner, set()).add(service)
@@ -634,17 +917,57 @@ class Runtime:
             try:
                 listener(state)
             except Exception as exc:  # an observer's bug must not take the lifecycle down
-                emit(LOG_ID, "crit", f"state listener {listener!r} failed: {exc!r}", exception=exc)
+                emit(
+                    LOG_ID,
+                    "crit",
+                    f"state listener {printable(listener)} failed: {printable(exc)}",
+                    exception=exc,
+                )
 
-    def _log_id_of(self, plugin_name: str | None) -> str:
-        """A plugin's own ``log_id`` (it may be a :class:`Logger`), else its name."""
-        log_id = getattr(self.pm.get_plugin(plugin_name or ""), "log_id", None)
+    def _log_id_of(self, plugin_name: str | None, impl: pluggy.HookImpl | None = None) -> str:
+        """A plugin's own ``log_id`` (it may be a :class:`Logger`), else its name. For a
+        ``SystemCallbacks`` callback, that of the module that defined it."""
+        plugin: object = self.pm.get_plugin(plugin_name or "")
+        if plugin_name == CALLBACKS_PLUGIN_NAME and impl is not None:
+            plugin = sys.modules.get(getattr(impl.function, "__module__", None) or "")
+            name = self.pm.get_name(plugin) if plugin is not None else None
+            plugin_name = name or plugin_name
+        log_id = getattr(plugin, "log_id", None)
         return log_id if isinstance(log_id, str) else plugin_name or LOG_ID
 
     def _callbacks_registry(self) -> CallbackRegistry:
         if self._callbacks is None:  # not running yet: what run() would start from
             return snapshot()
         return self._callbacks
+
+
+def _name_of(function: object) -> str:
+    """``Pool.serve``: a function's qualified name without the functions it is local to."""
+    name = getattr(function, "__qualname__", None)
+    return name.rpartition("<locals>.")[2] if isinstance(name, str) else printable(function)
+
+
+def _worker_threads() -> Iterator[tuple[str | None, str]]:
+    """The plugin and function of each of trio's worker threads that runs a job now.
+
+    trio copies the caller's context into the worker, so the plugin is the one the
+    `_current_plugin` variable names in the context that trio's `worker_fn` runs."""
+    for ident, frame in list(sys._current_frames().items()):
+        if ident == threading.get_ident():
+            continue
+        inner: FrameType | None = frame
+        while inner is not None:
+            code = inner.f_code
+            if code.co_name == "worker_fn" and Path(code.co_filename).parts[-2:] == (
+                "trio",
+                "_threads.py",
+            ):
+                context = inner.f_locals.get("context")
+                function = inner.f_locals.get("sync_fn")
+                if isinstance(context, Context):
+                    yield context.get(_current_plugin), _name_of(function)
+                break
+            inner = inner.f_back
 
 
 def _is_fatal(error: BaseException) -> bool:
@@ -663,14 +986,20 @@ class RuntimeOptions(TypedDict, total=False):
     handle_signals: bool
     startup_timeout: float
     shutdown_timeout: float
+    blocked_loop_threshold: float | None
     callbacks: CallbackRegistry | None
+    on_overrun: Callable[[], object] | None
 
 
 def run(*plugins: object, **runtime_options: Unpack[RuntimeOptions]) -> int:
     """Run ``plugins`` through their lifecycle in a fresh trio run; return the exit status.
 
     The plugins are registered in the order given. If loguru still has its default
-    handler, it is replaced by OverSIP-style console lines on standard error.
+    handler, it is replaced by OverSIP-style console lines on standard error. With
+    ``handle_signals`` (the default) in the main thread, the signals are caught from the
+    moment ``run`` is called, and the handlers found are put back when it returns. As
+    for the command, a shutdown that has not ended ``GRACE`` (1) second after its
+    deadline ends the process with status 1, unless ``on_overrun`` says otherwise.
 
     Args:
         plugins: modules, classes or objects with hookimpls.
@@ -684,12 +1013,19 @@ def run(*plugins: object, **runtime_options: Unpack[RuntimeOptions]) -> int:
         import oversip_hooks, my_module
         raise SystemExit(oversip_hooks.run(my_module))
     """
+    runtime_options.setdefault("on_overrun", _end_process)
     pm = get_plugin_manager()
     for plugin in plugins:
         pm.register(plugin, name=readable_name(pm, plugin))
     runtime = Runtime(pm, **runtime_options)
     _replace_default_log_handler()
-    return trio.run(runtime.run)
+    catching = runtime.handle_signals and threading.current_thread() is threading.main_thread()
+    with signals_caught() if catching else nullcontext():
+        return trio.run(runtime.run)
+
+
+def _end_process() -> None:
+    os._exit(1)
 
 
 def _replace_default_log_handler() -> None:

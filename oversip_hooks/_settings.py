@@ -7,11 +7,18 @@
 #
 # A parser raises ConfigError, the one exception the command line turns into "one line on
 # standard error, exit status 2"; the other modules of the command line raise it too.
+#
+# Every number the command reads (an option, a variable such as WATCHDOG_USEC, a PID file)
+# goes through parse_int or parse_seconds below, and nowhere else: plain ASCII decimal
+# only, within stated bounds. int() and float() alone accept far more than an operator
+# means (" 5 ", "1_000", "²" for isdigit() but not for int(), "1e3", "inf", a number of
+# 5000 digits that int() refuses with a traceback), so a value is matched first and
+# converted after.
 
 from __future__ import annotations
 
 import argparse
-import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +38,45 @@ FACILITIES: dict[str, int] = {
 # A unix socket path, or a (host, port) pair for UDP.
 SyslogAddress = str | tuple[str, int]
 
+# Linux never hands out a process id above 2**22 (pid_max's ceiling).
+LARGEST_PID = 2**22
+
+# The bounds of --startup-timeout and --shutdown-timeout: more than nothing, at most a day.
+LONGEST_TIMEOUT = 86400
+
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_LONGEST_SHOWN = 40  # characters of a bad value repeated in its error message
+
 
 class ConfigError(Exception):
     """Bad input found before the lifecycle begins: the command exits with status 2."""
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short if long: a bad value of 5000
+    characters still makes one readable line."""
+    if len(text) <= _LONGEST_SHOWN:
+        return repr(text)
+    return f"{text[:_LONGEST_SHOWN]!r}... ({len(text)} characters)"
+
+
+def parse_int(text: str, *, low: int, high: int, what: str = "an integer") -> int:
+    """Plain ASCII decimal digits, from ``low`` to ``high`` (``low`` >= 0).
+
+    Raises:
+        ConfigError: anything else, such as ``" 5 "``, ``"+5"``, ``"1_000"``, ``"²"``, or
+            a number out of bounds (one of any length: it is never converted).
+
+    Example::
+
+        parse_int("514", low=1, high=65535)     # 514
+    """
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"expected {what}, plain decimal digits, not {shown(text)}")
+    if len(digits) > len(str(high)) or not low <= int(digits) <= high:
+        raise ConfigError(f"expected {what} from {low} to {high}, not {shown(text)}")
+    return int(digits)
 
 
 def parse_log_level(text: str) -> str:
@@ -52,7 +95,8 @@ def parse_log_format(text: str) -> str:
 
 
 def parse_syslog_address(text: str) -> SyslogAddress:
-    """A path (anything with a ``/``), or ``host:port`` with ``[v6 address]:port`` too.
+    """A path (anything with a ``/``), or ``host:port``, an IPv6 address in brackets:
+    ``[v6 address]:port``; the port from 1 to 65535.
 
     Example::
 
@@ -61,14 +105,23 @@ def parse_syslog_address(text: str) -> SyslogAddress:
     """
     if "/" in text:
         return text
-    host, colon, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(
-            f"bad syslog address {text!r}; expected a unix socket path such as /dev/log, "
-            "or HOST:PORT for UDP"
-        )
-    return host, int(port)
+    bad = (
+        f"bad syslog address {shown(text)}; expected a unix socket path such as /dev/log, "
+        "or HOST:PORT for UDP ([ADDRESS]:PORT for IPv6)"
+    )
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        colon, port = rest[:1], rest[1:]
+        if not bracket or colon != ":" or not host or "[" in host:
+            raise ConfigError(bad)
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon or not host or any(char in host for char in "[]:"):
+            raise ConfigError(bad)
+    try:
+        return host, parse_int(port, low=1, high=65535, what="a port")
+    except ConfigError as exc:
+        raise ConfigError(f"bad syslog address {shown(text)}: {exc}") from None
 
 
 def parse_facility(text: str) -> str:
@@ -88,13 +141,21 @@ def parse_path(text: str) -> Path:
 
 
 def parse_seconds(text: str) -> float:
-    """A positive number of seconds, such as ``"2.5"``."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if math.isnan(seconds) or seconds <= 0:
-        raise ConfigError(f"expected a positive number of seconds, not {text!r}")
+    """A positive number of seconds, at most a day, in plain ASCII decimal: digits,
+    optionally a ``.`` and more digits, such as ``"30"`` or ``"2.5"``.
+
+    Raises:
+        ConfigError: anything else: ``"0"``, ``"-1"``, ``" 5 "``, ``"1e3"``, ``"inf"``,
+            ``".5"``, ``"1_000"``, ``"86401"``.
+    """
+    if len(text) > _LONGEST_SHOWN or not _SECONDS.fullmatch(text) or float(text) <= 0:
+        raise ConfigError(
+            f"expected a positive number of seconds, not {shown(text)}; plain decimal "
+            f"such as 30 or 2.5, at most {LONGEST_TIMEOUT}"
+        )
+    seconds = float(text)
+    if seconds > LONGEST_TIMEOUT:
+        raise ConfigError(f"expected at most {LONGEST_TIMEOUT} seconds (a day), not {shown(text)}")
     return seconds
 
 
@@ -166,7 +227,16 @@ SETTINGS = (
         parse_seconds,
         None,
         "SECONDS",
-        "time that the whole shutdown may take (default: 30)",
+        "time that the whole shutdown may take, from the stop request; past it and a grace "
+        "of 1 s, the process ends with status 1 (default: 30)",
+    ),
+    Setting(
+        "blocked_loop_threshold",
+        parse_seconds,
+        None,
+        "SECONDS",
+        "report a hook or service that blocks the event loop longer than this, while it "
+        "does (default: 1)",
     ),
 )
 

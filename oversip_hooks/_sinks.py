@@ -1,8 +1,10 @@
 # Two loguru sinks beside add_console_sink's lines: JSON lines on a stream, and syslog
-# datagrams. Both escape what a message holds, because a newline or a control character
-# passed through would forge a second record in a log file or a JSON stream: JSON by
-# json.dumps with ensure_ascii (which also escapes U+2028 and friends, that some line
-# readers split on), syslog by writing every control character as its Python escape.
+# datagrams. Both escape what a message holds with the console's `escape`, because a
+# control character passed through would forge a record or rewrite a terminal: JSON keeps
+# a message's newlines (json.dumps writes them as \n, and with ensure_ascii U+2028 and
+# friends too, so a record stays one line) and escapes every other control character;
+# syslog, one line per datagram, escapes newlines too. Under the journal, a JSON line
+# starts with the "<N>" of its level, as the console's lines do.
 #
 # The JSON sink is loguru's documented recipe, a format function that stores the object in
 # `extra` and returns a template that only inserts it; loguru's own `serialize=True` was
@@ -12,24 +14,34 @@
 # a datagram socket itself, and sends each record to the address anew, so that a restarted
 # syslog daemon is found again without reconnecting. A send to a unix socket waits while
 # the daemon's queue is full, as syslog(3) does: no record is dropped, at the cost of
-# waiting for a daemon that has fallen behind. The stdlib's SysLogHandler was rejected: it
-# takes stdlib log records, not loguru's, and maps level names it does not know (notice,
-# crit, ...) to warning unless taught otherwise.
+# waiting for a daemon that has fallen behind. A record larger than the transport carries
+# (65507 bytes for UDP over IPv4, 65527 over IPv6, the socket's send buffer less 32 bytes
+# for a unix socket on Linux) is cut to fit, with "... [truncated, N more bytes]" at its
+# end: sent, rather than refused with EMSGSIZE and reported as if syslog were down. The
+# stdlib's SysLogHandler was rejected: it takes stdlib log records, not loguru's, and maps
+# level names it does not know (notice, crit, ...) to warning unless taught otherwise.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import re
 import socket
 import stat
 import sys
-import traceback
 from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
-from ._logging import LEVELS
+from ._logging import (
+    LEVELS,
+    SEVERITIES,
+    escape,
+    exception_text,
+    is_journal,
+    journal_prefix,
+    oversip_level,
+)
 from ._settings import FACILITIES, ConfigError, SyslogAddress
 
 if TYPE_CHECKING:
@@ -37,63 +49,41 @@ if TYPE_CHECKING:
 
 IDENT = "oversip-hooks"
 
-# RFC 5424's severity codes, 0 (emerg) to 7 (debug).
-SEVERITIES = {
-    "emerg": 0,
-    "alert": 1,
-    "crit": 2,
-    "error": 3,
-    "warn": 4,
-    "notice": 5,
-    "info": 6,
-    "debug": 7,
-}
-
-_LEVEL_OF_LOGURU_NAME = {loguru_name: level for level, (loguru_name, _) in LEVELS.items()}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_JSON_LINE = "{extra[_json]}\n"
 
 
-def oversip_level(record: Record) -> str:
-    """The OverSIP level of a record; a loguru level of someone else's (``WARNING``,
-    ``SUCCESS``, ...) counts as the highest OverSIP level at or below its number."""
-    level = _LEVEL_OF_LOGURU_NAME.get(record["level"].name)
-    if level is not None:
-        return level
-    at_or_below = [name for name, (_, number) in LEVELS.items() if number <= record["level"].no]
-    return at_or_below[-1] if at_or_below else "debug"
-
-
-def one_line(text: str) -> str:
-    """``text`` with each control character written as its escape: ``"a\\nb"``."""
-    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
-
-
-def _exception_text(record: Record) -> str | None:
-    error = record["exception"]
-    if error is None:
-        return None
-    return "".join(traceback.format_exception(error.type, error.value, error.traceback))
-
-
-def _format_json(record: Record) -> str:
+def _json_object(record: Record) -> str:
+    log_id = record["extra"].get("log_id")
     fields: dict[str, Any] = {
         "time": record["time"].isoformat(),
         "level": oversip_level(record),
-        "log_id": record["extra"].get("log_id"),
-        "message": record["message"],
+        "log_id": None if log_id is None else escape(str(log_id)),
+        "message": escape(record["message"], keep_newlines=True),
     }
-    exception = _exception_text(record)
+    exception = exception_text(record)
     if exception is not None:
-        fields["exception"] = exception
-    record["extra"]["_json"] = json.dumps(fields)
-    return "{extra[_json]}\n"
+        fields["exception"] = escape(exception, keep_newlines=True)
+    return json.dumps(fields)
+
+
+def _format_json(record: Record) -> str:
+    record["extra"]["_json"] = _json_object(record)
+    return _JSON_LINE
+
+
+def _format_json_journal(record: Record) -> str:
+    record["extra"]["_json"] = _json_object(record)
+    return journal_prefix(SEVERITIES[oversip_level(record)], _JSON_LINE)
 
 
 def add_json_sink(stream: TextIO, *, level: str) -> int:
     """Send records to ``stream`` as JSON, one object per line, with the keys ``time``
     (ISO 8601), ``level`` (an OverSIP level), ``log_id`` (``null`` for records that are
     not OverSIP's), ``message`` and, when there is one, ``exception`` (its traceback).
+    Control characters other than newline in the values are escaped (``\\x1b``), newlines
+    in ``log_id`` too. When ``stream`` is the systemd journal (``JOURNAL_STREAM`` names
+    it), each line starts with the ``<N>`` priority prefix of sd-daemon(3).
 
     Args:
         stream: where the lines go, such as ``sys.stderr``.
@@ -107,7 +97,26 @@ def add_json_sink(stream: TextIO, *, level: str) -> int:
         add_json_sink(sys.stderr, level="info")
         # {"time": "2026-11-26T09:25:52.952+00:00", "level": "notice", "log_id": ...}
     """
-    return logger.add(stream, level=LEVELS[level][0], format=_format_json, colorize=False)
+    format_ = _format_json_journal if is_journal(stream) else _format_json
+    return logger.add(stream, level=LEVELS[level][0], format=format_, colorize=False)
+
+
+# The largest UDP payload: 65535 less the IPv4 and UDP headers; IPv6's payload length
+# does not count its own header.
+_UDP_LIMITS = {socket.AF_INET: 65535 - 20 - 8, socket.AF_INET6: 65535 - 8}
+_UNIX_OVERHEAD = 32  # Linux refuses a unix datagram above the send buffer less 32 bytes
+_SMALLEST_LIMIT = 480  # RFC 5426's smallest datagram a receiver must take; never cut below
+
+
+def truncate(data: bytes, limit: int) -> bytes:
+    """``data`` if it fits in ``limit`` bytes, else its start, cut at a UTF-8 character's
+    boundary, and ``... [truncated, N more bytes]``, ``limit`` bytes at most."""
+    if len(data) <= limit:
+        return data
+    room = limit - len(f"... [truncated, {len(data)} more bytes]")
+    while room > 0 and data[room] & 0xC0 == 0x80:  # within a character: back to its start
+        room -= 1
+    return data[:room] + f"... [truncated, {len(data) - room} more bytes]".encode()
 
 
 class _SyslogSink:
@@ -120,6 +129,11 @@ class _SyslogSink:
             family, self._address = _resolve(*address)
         self._describe = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
         self._socket = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_UNIX:
+            sndbuf = self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            self._limit = max(sndbuf - _UNIX_OVERHEAD, _SMALLEST_LIMIT)
+        else:
+            self._limit = _UDP_LIMITS.get(family, 65507)
         self._facility = FACILITIES[facility]
         self._failing = False
 
@@ -129,10 +143,11 @@ class _SyslogSink:
         time = record["time"]
         stamp = f"{_MONTHS[time.month - 1]} {time.day:2d} {time:%H:%M:%S}"
         datagram = f"<{priority}>{stamp} {IDENT}[{os.getpid()}]: {self._text(record)}"
+        # backslashreplace: a lone surrogate (an undecodable file name, say) must not cost
+        # the whole record
+        whole = datagram.encode(errors="backslashreplace")
         try:
-            # backslashreplace: a lone surrogate (an undecodable file name, say) must not
-            # cost the whole record
-            self._socket.sendto(datagram.encode(errors="backslashreplace"), self._address)
+            self._send(whole)
         except OSError as exc:
             # Said once per outage, on standard error: a sink cannot log through loguru.
             if not self._failing:
@@ -140,6 +155,18 @@ class _SyslogSink:
             self._failing = True
         else:
             self._failing = False
+
+    def _send(self, whole: bytes) -> None:
+        while True:
+            try:
+                self._socket.sendto(truncate(whole, self._limit), self._address)
+                return
+            except OSError as exc:
+                # A transport that takes less than we knew (a smaller send buffer, a kernel
+                # of another overhead): try smaller, and remember.
+                if exc.errno != errno.EMSGSIZE or self._limit <= _SMALLEST_LIMIT:
+                    raise
+                self._limit = max(min(self._limit, len(whole)) * 7 // 8, _SMALLEST_LIMIT)
 
     @staticmethod
     def _text(record: Record) -> str:
@@ -149,10 +176,10 @@ class _SyslogSink:
             text = f"[user] {text}"
         if "log_id" in extra:
             text = f"<{extra['log_id']}> {text}"
-        exception = _exception_text(record)
+        exception = exception_text(record)
         if exception is not None:
             text = f"{text}\n{exception}"
-        return one_line(text)
+        return escape(text)
 
 
 def _check_socket(path: str) -> None:
@@ -180,7 +207,9 @@ def add_syslog_sink(address: SyslogAddress, *, facility: str, level: str) -> int
 
     A datagram reads ``<PRI>Mmm dd hh:mm:ss oversip-hooks[PID]: <log_id> message``, with
     any traceback appended and every control character escaped, so that one record stays
-    one line. Sending failures are reported once per outage on standard error.
+    one line. A record larger than the transport carries is cut to fit and ends with
+    ``... [truncated, N more bytes]``. Sending failures are reported once per outage on
+    standard error.
 
     Args:
         address: a unix datagram socket path such as ``/dev/log``, or ``(host, port)``

@@ -35,7 +35,40 @@ def isolated(args: Sequence[str]) -> list[str]:
     return [*args, *BLOCK_INSTALLED] if loads_plugins else list(args)
 
 
+# An installed distribution with one entry point, as importlib.metadata finds it on
+# sys.path; the real pip-installed one is in test_a_pip_installed_module_runs.
+FAKE_DISTRIBUTION = {
+    "oversip_mod_fake-0.1.dist-info/METADATA": """
+        Metadata-Version: 2.1
+        Name: oversip-mod-fake
+        Version: 0.1
+    """,
+    "oversip_mod_fake-0.1.dist-info/entry_points.txt": """
+        [oversip_hooks]
+        fake = fake_mod
+    """,
+}
+
 # The user's file: plain functions, which count as hooks in the server file only.
+SERVER = """
+    from oversip_hooks import get_logger
+
+    log = get_logger("server")
+
+    def initialize():
+        log.log_system_info("server initialize")
+
+    def started():
+        log.log_system_info("server started")
+
+    def reload():
+        log.log_system_info("server reload")
+
+    def terminated(error):
+        log.log_system_info(f"server terminated error={error}")
+"""
+
+
 def write(directory: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         path = directory / name

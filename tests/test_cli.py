@@ -22,6 +22,8 @@ import trio
 
 from tests.processes import (
     COMMAND,
+    FAKE_DISTRIBUTION,
+    SERVER,
     TIMEOUT,
     Datagrams,
     Spawn,
@@ -32,24 +34,6 @@ from tests.processes import (
     notifications_until,
     write,
 )
-
-SERVER = """
-    from oversip_hooks import get_logger
-
-    log = get_logger("server")
-
-    def initialize():
-        log.log_system_info("server initialize")
-
-    def started():
-        log.log_system_info("server started")
-
-    def reload():
-        log.log_system_info("server reload")
-
-    def terminated(error):
-        log.log_system_info(f"server terminated error={error}")
-"""
 
 # A module, whose hooks must be marked.
 MODULE_A = """
@@ -69,21 +53,6 @@ MODULE_A = """
     def terminated():
         log.log_system_info("mod_a terminated")
 """
-
-# An installed distribution with one entry point, as importlib.metadata finds it on
-# sys.path; the real pip-installed one is in test_a_pip_installed_module_runs.
-FAKE_DISTRIBUTION = {
-    "oversip_mod_fake-0.1.dist-info/METADATA": """
-        Metadata-Version: 2.1
-        Name: oversip-mod-fake
-        Version: 0.1
-    """,
-    "oversip_mod_fake-0.1.dist-info/entry_points.txt": """
-        [oversip_hooks]
-        fake = fake_mod
-    """,
-}
-
 
 # -- the lifecycle, under systemd ----------------------------------------------------------
 
@@ -240,7 +209,7 @@ HANGS_IN_TERMINATED = """
             HANGS_IN_STARTED,
             {"OVERSIP_HOOKS_STARTUP_TIMEOUT": "soon"},
             ["--startup-timeout", "0.1"],
-            "started did not complete within 0.1 s",
+            "did not complete within the startup timeout of 0.1 s",
             id="startup-from-flag",
         ),
         pytest.param(
@@ -585,7 +554,7 @@ async def test_json_log_lines_keep_each_record_on_one_line(tmp_path: Path) -> No
         assert datetime.datetime.fromisoformat(record["time"]).tzinfo is not None
     by_message = {record["message"]: record for record in records}
     assert by_message["debugging"]["level"] == "debug"
-    forged = by_message["two\nlines\r\x1b[31m red\u2028end"]
+    forged = by_message["two\nlines\\r\\x1b[31m red\\u2028end"]
     assert (forged["level"], forged["log_id"], "exception" in forged) == ("notice", "server", False)
     error = by_message["division by zero (ZeroDivisionError)"]
     assert error["level"] == "error"
@@ -725,11 +694,12 @@ async def test_plugins_lists_sources_and_the_order_that_run_follows(tmp_path: Pa
         )
         for plugin in listing["plugins"]
     ] == [
+        ("SystemCallbacks", "callbacks", "mod_a.closed", None, None),
         ("fake", "entry point", "fake_mod", "oversip-mod-fake", "0.1"),
         ("mod_a", "--plugin", "mod_a", None, None),
         ("server", "server file", "server.py", None, None),
     ]
-    assert listing["plugins"][0]["path"] == str(tmp_path / "fake_mod.py")
+    assert listing["plugins"][1]["path"] == str(tmp_path / "fake_mod.py")
     assert listing["hooks"] == {
         "initialize": ["server"],
         "started": ["mod_a", "fake", "server"],
@@ -747,9 +717,11 @@ async def test_plugins_lists_sources_and_the_order_that_run_follows(tmp_path: Pa
     text = await command(tmp_path, "plugins", *args)
     assert text.out.splitlines() == [
         "plugins, in registration order:",
-        f"  fake    entry point  fake_mod from oversip-mod-fake 0.1 ({tmp_path / 'fake_mod.py'})",
-        f"  mod_a   --plugin     mod_a ({tmp_path / 'mod_a.py'})",
-        "  server  server file  server.py",
+        "  SystemCallbacks  callbacks    mod_a.closed",
+        "  fake             entry point  fake_mod from oversip-mod-fake 0.1 "
+        f"({tmp_path / 'fake_mod.py'})",
+        f"  mod_a            --plugin     mod_a ({tmp_path / 'mod_a.py'})",
+        "  server           server file  server.py",
         "",
         "hooks, in call order:",
         "  initialize  server",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
+import time
+import types
 from typing import Any
 
 import pluggy
@@ -420,7 +423,7 @@ async def test_the_shutdown_timeout_cancels_the_one_in_progress_and_calls_the_re
     ]
     assert reached == ["async entered", "sync ran"]
     assert (
-        "CRIT: <runtime> terminated hook of 'hangs' cancelled: the shutdown timeout of 10 s ran out"
+        "CRIT: <runtime> terminated of 'hangs' cancelled: the shutdown timeout of 10 s ran out"
     ) in lifecycle.lines
 
 
@@ -444,7 +447,9 @@ async def test_started_past_the_startup_timeout_is_fatal(make_lifecycle, autojum
     assert [str(c) for c in lifecycle.calls if c.hook != "initialize"] == [
         "a.started", "hangs.started cancelled", "a.terminated(error=True)",
     ]  # fmt: skip
-    assert "CRIT: <runtime> started did not complete within 8 s" in lifecycle.lines
+    assert (
+        "CRIT: <runtime> started of 'hangs' did not complete within the startup timeout of 8 s"
+    ) in lifecycle.lines
 
 
 async def test_the_startup_timeout_bounds_started_as_a_whole(make_lifecycle, autojump_clock):
@@ -939,9 +944,14 @@ async def test_a_synchronous_overrun_of_the_startup_timeout_is_fatal(
         def started(self) -> None:
             autojump_clock.jump(10)  # what a blocking call of ten seconds is to trio
 
-    lifecycle = make_lifecycle(Slow(), startup_timeout=5)
+    lifecycle = make_lifecycle(startup_timeout=5)
+    lifecycle.register(Slow(), name="slow")
+    lifecycle.register(Sync(), name="next")
     assert await lifecycle.play() == 1
-    assert "CRIT: <runtime> started did not complete within 5 s" in lifecycle.lines
+    assert (
+        "CRIT: <runtime> started of 'slow' did not complete within the startup timeout of 5 s"
+    ) in lifecycle.lines
+    assert "next.started" not in lifecycle.trace
 
 
 async def test_a_failing_state_listener_is_logged_and_the_lifecycle_goes_on(lifecycle):
@@ -1016,3 +1026,218 @@ def test_two_implementations_of_one_hook_in_one_plugin_are_refused(lifecycle):
     lifecycle.register(Twice(), name="twice")
     with pytest.raises(pluggy.PluginValidationError, match="implements hook 'terminated' twice"):
         lifecycle.run()
+
+
+# -- At the edges: plugin code cannot crash the runtime, stops and signals at any instant --
+
+
+class Unprintable(Exception):
+    """An exception that cannot print itself."""
+
+    def __str__(self) -> str:
+        raise ValueError("no str")
+
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+class Raiser:
+    """Raises ``exc`` in ``where`` (a hook, or its service), then lets the run end."""
+
+    def __init__(self, where: str, exc: BaseException) -> None:
+        self.where = where
+        self.exc = exc
+
+    @hookimpl
+    def started(self, runtime: Runtime) -> None:
+        if self.where == "started":
+            raise self.exc
+        if self.where == "service":
+            runtime.start_soon(self.service)
+        elif self.where == "reload":
+            runtime.reload()
+        else:
+            runtime.stop()
+
+    async def service(self) -> None:
+        await trio.lowlevel.checkpoint()
+        raise self.exc
+
+    @hookimpl
+    def reload(self, runtime: Runtime) -> None:
+        runtime.stop()
+        raise self.exc
+
+    @hookimpl
+    def terminated(self) -> None:
+        if self.where == "terminated":
+            raise self.exc
+
+
+RAISED = {
+    "unprintable": Unprintable(),
+    "KeyboardInterrupt": KeyboardInterrupt(),
+    "SystemExit": SystemExit(3),
+    "GeneratorExit": GeneratorExit(),
+    "group": ExceptionGroup("two", [ValueError("one"), Unprintable()]),
+}
+# Under each phase's rule: a failed start or service is fatal, a failed reload is not, a
+# failed terminated makes the status 1 and the others still run.
+STATUS = {"started": 1, "service": 1, "reload": 0, "terminated": 1}
+
+
+@pytest.mark.parametrize("where", list(STATUS))
+@pytest.mark.parametrize("raised", list(RAISED.values()), ids=list(RAISED))
+async def test_whatever_plugin_code_raises_is_a_failure_of_that_plugin(
+    where: str, raised: BaseException
+) -> None:
+    harness = LifecycleHarness()
+    other = Sync()
+    harness.pm.register(other, name="other")
+    harness.pm.register(Raiser(where, raised), name="raiser")
+    harness.pm.register(OnlyTerminated(), name="after")
+    terminated_with: list[bool] = []
+    # Handling signals, the runtime knows a KeyboardInterrupt is plugin code's own.
+    runtime = Runtime(harness.pm, callbacks=harness.callbacks)
+    runtime.add_call_monitor(
+        lambda hook, plugin, kwargs: (
+            terminated_with.append(bool(kwargs["error"])) if hook == "terminated" else None
+        ),
+        lambda *args: None,
+    )
+    with harness.isolated():
+        assert await runtime.run() == STATUS[where]
+    failures = [line for line in harness.lines if line.startswith("CRIT: <raiser>")]
+    assert failures, harness.lines
+    if isinstance(raised, Unprintable):
+        assert "<Unprintable object; its repr() raised ValueError>" in failures[0]
+    assert terminated_with, "the other plugins were terminated"
+    assert set(terminated_with) == {where in ("started", "service")}
+    assert [line for line in harness.lines if "SIGINT" in line] == []
+
+
+@pytest.mark.parametrize("hook", ["initialize", "started"])
+async def test_a_stop_from_a_sync_hook_takes_effect_before_the_next_one(
+    lifecycle: LifecycleHarness, hook: str
+) -> None:
+    class Stopper:
+        @hookimpl(specname=hook)
+        def stop_now(self, runtime: Runtime) -> None:
+            runtime.stop()
+
+    lifecycle.register(Stopper(), name="stopper")
+    lifecycle.register(Sync(), name="next")
+    assert await lifecycle.play() == 0
+    assert f"next.{hook}" not in lifecycle.trace
+    assert "next.started" not in lifecycle.trace
+
+
+async def test_signals_received_before_the_run_are_acted_on_as_it_begins() -> None:
+    stopped_early = LifecycleHarness(Sync())
+    runtime = Runtime(stopped_early.pm, handle_signals=False, callbacks=stopped_early.callbacks)
+    runtime.add_call_monitor(stopped_early._before_call, stopped_early._after_call)
+    runtime.signal_received(signal.SIGTERM)
+    with stopped_early.isolated():
+        assert await runtime.run() == 0
+    assert stopped_early.trace == []
+    assert "NOTICE: <runtime> SIGTERM signal received, exiting..." in stopped_early.lines
+
+    reloaded = LifecycleHarness()
+
+    class StopsOnReload(Sync):
+        @hookimpl
+        def reload(self, runtime: Runtime) -> None:
+            runtime.stop()
+
+    reloaded.register(StopsOnReload(), name="a")
+    runtime = Runtime(reloaded.pm, handle_signals=False, callbacks=reloaded.callbacks)
+    runtime.add_call_monitor(reloaded._before_call, reloaded._after_call)
+    runtime.signal_received(signal.SIGHUP)
+    with reloaded.isolated():
+        assert await runtime.run() == 0
+    assert reloaded.trace == ["a.initialize", "a.started", "a.reload", "a.terminated(error=False)"]
+
+
+async def test_a_sync_terminated_past_the_deadline_is_blamed_not_the_next(
+    make_lifecycle, autojump_clock
+) -> None:
+    class Slow:
+        @hookimpl
+        def terminated(self) -> None:
+            autojump_clock.jump(20)  # what a blocking call of twenty seconds is to trio
+
+    lifecycle = make_lifecycle(shutdown_timeout=10)
+    lifecycle.register(Async(), name="innocent")
+    lifecycle.register(Slow(), name="slow")
+    assert await lifecycle.play() == 1
+    crit = [line for line in lifecycle.lines if line.startswith("CRIT")]
+    assert (
+        "CRIT: <runtime> terminated of 'slow' returned late: the shutdown timeout of 10 s ran out"
+    ) in crit
+    assert not any("innocent" in line for line in crit)
+    assert lifecycle.trace[-1] == "innocent.terminated(error=False) cancelled"
+
+
+def test_fatal_from_a_module_callback_logs_under_the_module_log_id(lifecycle) -> None:
+    module = types.ModuleType("oversip_mod_checked")
+    exec(
+        "from oversip_hooks import Launcher, SystemCallbacks, hookimpl\n"
+        "log_id = 'Checked module'\n"
+        "def check():\n"
+        "    Launcher.fatal('invalid module settings, exiting')\n"
+        "@hookimpl\n"
+        "def initialize():\n"
+        "    SystemCallbacks.on_started(check)\n",
+        module.__dict__,
+    )
+    sys.modules[module.__name__] = module
+    try:
+        lifecycle.register(module, name="checked")
+        assert lifecycle.run() == 1
+    finally:
+        del sys.modules[module.__name__]
+    assert "CRIT: <Checked module> invalid module settings, exiting" in lifecycle.lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_overrun", [None, "given"])
+async def test_an_embedded_run_logs_the_overrun_and_cannot_end_the_process(
+    on_overrun: str | None,
+) -> None:
+    overruns: list[str] = []
+    release = threading.Event()
+
+    class Stuck:
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtime.start_soon(self.wait)
+            runtime.stop()
+
+        async def wait(self) -> None:
+            await trio.to_thread.run_sync(release.wait)
+
+    harness = LifecycleHarness(Stuck())
+    runtime = Runtime(
+        harness.pm,
+        handle_signals=False,
+        shutdown_timeout=0.2,
+        callbacks=harness.callbacks,
+        on_overrun=(lambda: (overruns.append("called"), release.set())) if on_overrun else None,
+    )
+    if on_overrun is None:
+        # Nothing ends this run but the thread: released once the watchdog has spoken.
+        def release_after_the_crit_line() -> None:
+            while not any("still running" in line for line in harness.lines):
+                time.sleep(0.01)
+            release.set()
+
+        threading.Thread(target=release_after_the_crit_line, daemon=True).start()
+    with harness.isolated():
+        assert await runtime.run() == 1
+    [overrun] = [line for line in harness.lines if "still running" in line]
+    assert "'Stuck': service Stuck.wait, a worker thread running Event.wait" in overrun
+    if on_overrun:
+        assert overruns == ["called"]
+        assert overrun.endswith("ending the process")
+    else:
+        assert overrun.endswith("Runtime.run() waits for them")

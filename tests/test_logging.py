@@ -87,8 +87,8 @@ def test_an_exception_is_logged_with_its_type_and_traceback(console):
         get_logger("mod").log_system_error(exc)
     text = lines(console)
     assert text[0] == "ERROR: <mod> 'missing' (KeyError)"
-    assert text[1] == "Traceback (most recent call last):"
-    assert text[-1] == "KeyError: 'missing'"
+    assert text[1] == "| Traceback (most recent call last):"
+    assert text[-1] == "| KeyError: 'missing'"
 
 
 def test_braces_and_angle_brackets_in_messages_are_kept(console):

@@ -363,7 +363,7 @@ class LifecycleHarness:
         """Deliver ``signum`` as the runtime's signal handler would, without a real
         signal: SIGHUP reloads, SIGTERM/SIGINT/SIGQUIT stop, a second one during the
         shutdown abandons it."""
-        self._running_runtime()._handle_signal(signum)
+        self._running_runtime().signal_received(signum)
 
     async def wait_stopped(self) -> int:
         """Wait for the end of the run; return the exit status."""
