@@ -22,6 +22,7 @@ import dataclasses
 import importlib.metadata
 import json
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -43,7 +44,7 @@ from ._notify import Notifier
 from ._pidfile import PidFile, check_pid_file, pid_file
 from ._runtime import Runtime
 from ._settings import ConfigError
-from ._signals import signals_caught
+from ._signals import StoppedBySignal, signals_caught
 from ._sinks import add_json_sink, add_syslog_sink
 
 PROG = "oversip-hooks"
@@ -55,8 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     once the lifecycle has begun, 2 bad input (nothing was started).
 
     From its first line until it returns, SIGHUP, SIGTERM, SIGINT and SIGQUIT are caught:
-    one that comes before the runtime runs is kept for it (a stop: no hook runs, status
-    0), one that comes after the last ``terminated`` is ignored. Called as the program
+    for ``run``, one that comes before the runtime runs is kept for it (a stop: no hook
+    runs, status 0), one that comes after the last ``terminated`` is ignored; ``check``
+    and ``plugins`` stop with one line and status 130. Called as the program
     (``argv`` not given), it leaves them ignored, for the moments until the process has
     exited; given ``argv``, it puts back the handlers it found.
 
@@ -67,14 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         raise SystemExit(main(["check", "server.py"]))
     """
-    with signals_caught(then_ignore=argv is None):
+    with signals_caught(then_ignore=argv is None) as catcher:
         options = _parser().parse_args(argv)
         command: Callable[[argparse.Namespace], int] = options.command
         try:
+            if command is not _run:
+                catcher.attach(_interrupt)  # `check` and `plugins` just stop
             return command(options)
         except ConfigError as exc:
             _report(str(exc), exc, debug=options.debug)
             return 2
+        except StoppedBySignal as interrupt:
+            print(f"{PROG}: stopped: {interrupt}", file=sys.stderr)
+            return 128 + signal.SIGINT
 
 
 # -- the commands ------------------------------------------------------------------------
@@ -93,6 +100,10 @@ def _run(options: argparse.Namespace) -> int:
         held = None if options.pidfile is None else stack.enter_context(pid_file(options.pidfile))
         runtime = Runtime(plugins.pm, on_overrun=lambda: _end_now(held), **timeouts)
         return trio.run(_serve, runtime, notifier)
+
+
+def _interrupt(signum: int) -> NoReturn:
+    raise StoppedBySignal(f"{signal.Signals(signum).name} signal received")
 
 
 def _end_now(held: PidFile | None) -> NoReturn:

@@ -64,6 +64,7 @@ from ._manager import (
     plain_impl_opts,
     validate,
 )
+from ._signals import StoppedBySignal
 
 ENTRY_POINT_GROUP = "oversip_hooks"
 SERVER_NAME = "server"
@@ -285,6 +286,8 @@ class _Loader:
         callbacks = _callback_count(snapshot())
         try:
             plugin = load()
+        except StoppedBySignal:
+            raise
         except BaseException as exc:
             self._problem(f"{_failure(exc)} (while loading {source.label})", exc)
             if isinstance(exc, KeyboardInterrupt):

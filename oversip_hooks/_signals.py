@@ -30,6 +30,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (signal.SIGHUP, *STOP_SIGNALS)
 
 _Target = Callable[[int], object]
+
+
+class StoppedBySignal(KeyboardInterrupt):
+    """How a command that has no runtime to stop (``check``, ``plugins``) stops on a
+    signal: unlike a KeyboardInterrupt that plugin code raises, not a plugin's failure."""
+
+
 _Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 

@@ -396,3 +396,25 @@ async def test_a_child_forked_by_a_hook_never_returns_into_the_runtime(
     assert any(
         "a hook forked and the child returned to the runtime" in line for line in child.lines
     )
+
+
+@pytest.mark.parametrize("subcommand", ["check", "plugins"])
+async def test_check_and_plugins_stop_on_a_signal_with_one_line(
+    tmp_path: Path, spawn: Spawn, subcommand: str
+) -> None:
+    write(
+        tmp_path,
+        {
+            "server.py": """
+                import sys, time
+
+                print("importing", file=sys.stderr, flush=True)
+                time.sleep(30)
+            """
+        },
+    )
+    child = await spawn(subcommand, "server.py")
+    await child.line("importing")
+    child.process.send_signal(signal.SIGTERM)
+    assert await child.finish() == 130
+    assert child.lines[1:] == ["oversip-hooks: stopped: SIGTERM signal received"]
