@@ -293,16 +293,11 @@ def _escaped_text(record: Record, newline: str) -> str:
 def format_console(record: Record) -> str:
     """loguru format for OverSIP lines: ``<time> LEVEL: <log_id> [user] message``, each
     further line of the message and of a traceback after ``| ``."""
-    # _plain_line, inlined: this runs for every line
-    extra = record["extra"]
-    if record["exception"] is None and record["message"].isprintable():
-        if "log_id" not in extra:
-            return _FOREIGN_LINE
-        log_id = extra["log_id"]
-        if type(log_id) is str and log_id.isprintable():
-            return _USER_LINE if extra.get("user") else _LINE
-    extra[_BODY] = _escaped_text(record, "\n" + CONTINUATION)
-    return _ESCAPED_LINE
+    template = _plain_line(record)
+    if template is None:
+        record["extra"][_BODY] = _escaped_text(record, "\n" + CONTINUATION)
+        template = _ESCAPED_LINE
+    return template
 
 
 def format_journal(record: Record) -> str:
