@@ -1,13 +1,13 @@
 """Lifecycle hooks for long-running trio services made of plugins.
 
 The Python form of OverSIP's 3rd-party module framework: plugins implement ``initialize``,
-``started``, ``reload`` and ``terminated``; a trio :class:`Runtime` calls them at each
-point of its life; :func:`fatal` aborts cleanly.
+``lifespan``, ``started``, ``reload`` and ``terminated``; a trio :class:`Runtime` calls
+them at each point of its life; :func:`fatal` aborts cleanly.
 """
 
 from ._callbacks import CallbackRegistry, SystemCallbacks
 from ._fatal import FatalError, Launcher, fatal
-from ._logging import LEVELS, Logger, add_console_sink, get_logger
+from ._logging import LEVELS, Logger, LoggerMisuse, add_console_sink, get_logger
 from ._manager import get_plugin_manager
 from ._modules import M, modules
 from ._runtime import Runtime, RuntimeState, run
@@ -19,6 +19,7 @@ __all__ = [
     "FatalError",
     "Launcher",
     "Logger",
+    "LoggerMisuse",
     "M",
     "Runtime",
     "RuntimeState",

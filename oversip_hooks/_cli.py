@@ -24,6 +24,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,11 +43,14 @@ from ._discovery import ENTRY_POINT_GROUP, Plugins, Source, callbacks_source, lo
 from ._logging import add_console_sink, emit
 from ._manager import LIFECYCLE_HOOKS
 from ._notify import Notifier
+from ._order import NONE as NO_DECLARATIONS
+from ._order import declarations
 from ._pidfile import PidFile, check_pid_file, pid_file
 from ._runtime import Runtime
 from ._settings import ConfigError
 from ._signals import StoppedBySignal, signals_caught
 from ._sinks import add_json_sink, add_syslog_sink
+from ._watchdog import GRACE
 
 PROG = "oversip-hooks"
 LOG_ID = "runtime"
@@ -75,13 +80,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if command is not _run:
                 catcher.attach(_interrupt)  # `check` and `plugins` just stop
-            return command(options)
+            status = command(options)
         except ConfigError as exc:
             _report(str(exc), exc, debug=options.debug)
-            return 2
+            status = 2
         except StoppedBySignal as interrupt:
             print(f"{PROG}: stopped: {interrupt}", file=sys.stderr)
-            return 128 + signal.SIGINT
+            status = 128 + signal.SIGINT
+    if argv is None:
+        _exit_within_grace()
+    return status
+
+
+def _exit_within_grace() -> None:
+    """Once the command is done, end the process ``GRACE`` seconds later if it has not
+    exited by then: a plugin's thread that is not a daemon, or an atexit handler of its,
+    would otherwise keep it alive, its signals ignored and its PID file gone."""
+
+    def end_now() -> None:
+        time.sleep(GRACE)
+        os.write(
+            2,
+            f"{PROG}: the process did not exit within {GRACE:g} s of the end of the run "
+            "(a plugin's thread or atexit handler still runs); ending it\n".encode(),
+        )
+        os._exit(1)
+
+    threading.Thread(target=end_now, name=f"{PROG} exit", daemon=True).start()
 
 
 # -- the commands ------------------------------------------------------------------------
@@ -143,12 +168,16 @@ def _list_plugins(options: argparse.Namespace) -> int:
     sources = plugins.sources
     if any(CALLBACKS_PLUGIN_NAME in names for names in order.values()):
         sources = [callbacks_source(), *sources]  # registered before all others
+    declared = {source.name: _declared(plugins.pm, source.name) for source in sources}
     if options.json:
-        listed = [dataclasses.asdict(source) for source in sources]
+        listed = [{**dataclasses.asdict(source), **declared[source.name]} for source in sources]
         print(json.dumps({"plugins": listed, "hooks": order}, indent=2))
         return 0
     print("plugins, in registration order:")
-    rows = [(source.name, source.origin, _where(source)) for source in sources]
+    rows = [
+        (source.name, source.origin, _where(source) + _declarations(declared[source.name]))
+        for source in sources
+    ]
     print("\n".join(_columns(rows)) if rows else "  (none)")
     print("\nhooks, in call order:")
     hooks = [(hook, ", ".join(names) or "(none)") for hook, names in order.items()]
@@ -232,6 +261,19 @@ def _report(message: str, error: BaseException | None, *, debug: bool) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     if debug and error is not None:
         traceback.print_exception(error, file=sys.stderr)
+
+
+def _declared(pm: pluggy.PluginManager, name: str) -> dict[str, list[str]]:
+    """``{"requires": [...], "after": [...]}``: what the plugin ``name`` declares (the
+    ``SystemCallbacks`` pseudo-plugin, not in ``pm``, declares nothing)."""
+    plugin = pm.get_plugin(name)
+    declared = NO_DECLARATIONS if plugin is None else declarations(plugin, name)
+    return {"requires": list(declared.requires), "after": list(declared.after)}
+
+
+def _declarations(declared: dict[str, list[str]]) -> str:
+    """``; requires sqlite; after cache``, each part when there is one."""
+    return "".join(f"; {what} {', '.join(names)}" for what, names in declared.items() if names)
 
 
 def _where(source: Source) -> str:

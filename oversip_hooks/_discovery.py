@@ -64,6 +64,7 @@ from ._manager import (
     plain_impl_opts,
     validate,
 )
+from ._order import DeclarationError, declaration_problems
 from ._signals import StoppedBySignal
 
 ENTRY_POINT_GROUP = "oversip_hooks"
@@ -218,6 +219,8 @@ def load(
             loader.module(module)
         if server is not None:
             loader.server_file(server)
+        for error in declaration_problems(loader.plugins.pm):  # requires/after, cycles
+            loader.plugins.problems.append(Problem(_one_line(str(error)), error))
     except _Interrupted:
         pass
     return loader.plugins
@@ -442,6 +445,8 @@ def _check_hooks(plugin: object, name: str) -> list[Problem]:
         try:
             alone.register(plugin, name=name)
             validate(alone)
+        except DeclarationError:
+            pass  # requires/after: checked once every plugin is loaded, by load()
         except pluggy.PluginValidationError as exc:
             file, line = _definition(getattr(plugin, attribute))
             where = f"{file}:{line}: " if file else ""
@@ -451,6 +456,8 @@ def _check_hooks(plugin: object, name: str) -> list[Problem]:
         try:
             whole.register(plugin, name=name)
             validate(whole)
+        except DeclarationError:
+            pass
         except pluggy.PluginValidationError as exc:
             problems.append(Problem(_one_line(str(exc)), exc))
     return problems

@@ -15,6 +15,17 @@
 # can read as a record. Records without a newline or a control character, the usual
 # case, take a fast path that only checks `str.isprintable()` and returns a constant
 # template, as before.
+#
+# OverSIP's rule is kept: the `log_<level>` methods, which mark a line `[user]`, are for
+# the user's own code, and raise LoggerMisuse while lifecycle code runs (a hook, a
+# `lifespan` body, a SystemCallbacks callback), where a module logs with
+# `log_system_<level>`. The runtime marks that code with a context variable holding the
+# trio task that runs it: the tasks that this code starts inherit the variable but are
+# other tasks, so they may log as the user, and so may services, which clear it. A worker
+# thread (`trio.to_thread`), which has no task, counts as the code that started it: it is
+# a blocking call of the hook's moved off the loop, and the hook waits for it. A user
+# line pays one `ContextVar.get` outside lifecycle code and in services; the
+# `log_system_` methods make no check.
 
 from __future__ import annotations
 
@@ -22,10 +33,13 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TextIO, overload
 
+import trio
 from loguru import logger
 
 if TYPE_CHECKING:
@@ -103,6 +117,8 @@ def _escape_match(match: re.Match[str]) -> str:
 def escape(text: str, *, keep_newlines: bool = False) -> str:
     """``text`` with each control character written as its Python escape: ``"a\\x1bb"``;
     newlines too (``"a\\nb"``, one line) unless ``keep_newlines``."""
+    if type(text) is not str:  # a subclass's own isprintable or __str__ is not trusted
+        text = str.__str__(text)
     if text.isprintable():  # the usual case, and much faster than the search
         return text
     return (_CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL).sub(_escape_match, text)
@@ -162,6 +178,69 @@ def emit(
     _bound(log_id, user).opt(exception=exception, depth=depth).log(LEVELS[level][0], text)
 
 
+# -- the rule: no log_<level> in lifecycle code ----------------------------------------
+
+# The trio task running lifecycle code in this context, or _NO_TASK when that code runs
+# outside trio; None when no lifecycle code runs.
+_lifecycle_task: ContextVar[object | None] = ContextVar("oversip_hooks_lifecycle", default=None)
+_NO_TASK = object()
+
+
+class LoggerMisuse(RuntimeError):
+    """Raised by a ``log_<level>`` method called while a lifecycle hook, a ``lifespan``
+    body or a ``SystemCallbacks`` callback runs, where OverSIP's rule allows only the
+    ``log_system_<level>`` methods. The message names the method to use instead."""
+
+
+def begin_lifecycle_code() -> Token[object | None]:
+    """Mark the current task as running lifecycle code (a hook, a ``lifespan`` body, a
+    ``SystemCallbacks`` callback) until :func:`end_lifecycle_code` is given the token:
+    the ``log_<level>`` methods raise :class:`LoggerMisuse` meanwhile, in this task and
+    in the worker threads it runs, not in the tasks it starts. For the runtime, around
+    each call of plugin code, and ended in the same task (the token is a ``Token``)."""
+    try:
+        task: object = trio.lowlevel.current_task()
+    except RuntimeError:  # not in a trio task
+        task = _NO_TASK
+    return _lifecycle_task.set(task)
+
+
+def end_lifecycle_code(token: Token[object | None]) -> None:
+    """Undo the :func:`begin_lifecycle_code` that returned ``token``."""
+    _lifecycle_task.reset(token)
+
+
+def begin_service_code() -> None:
+    """Mark the current context, a service's task, as no lifecycle code: a service copies
+    the context of the hook that started it, and may log as the user."""
+    _lifecycle_task.set(None)
+
+
+@contextmanager
+def lifecycle_code() -> Iterator[None]:
+    """:func:`begin_lifecycle_code` and :func:`end_lifecycle_code` as a ``with`` block."""
+    token = begin_lifecycle_code()
+    try:
+        yield
+    finally:
+        end_lifecycle_code(token)
+
+
+def _runs_lifecycle_code(task: object) -> bool:
+    """Whether the code running now is the lifecycle code that ``task`` marked."""
+    try:
+        return trio.lowlevel.current_task() is task
+    except RuntimeError:  # no trio task: a worker thread of the hook's, or no trio at all
+        return True
+
+
+def _misuse(level: str) -> LoggerMisuse:
+    return LoggerMisuse(
+        f"log_{level}() cannot be used within a lifecycle hook, a lifespan or a "
+        f"SystemCallbacks callback; use log_system_{level}()"
+    )
+
+
 class _LogMethod:
     """One ``log_<level>`` method: a descriptor, so the sixteen share one implementation."""
 
@@ -180,12 +259,21 @@ class _LogMethod:
     ) -> _LogMethod | Callable[[str | BaseException], None]:
         if instance is None:
             return self
-        level, user = self._level, self._user
+        level = self._level
+        if not self._user:
 
-        def log(msg: str | BaseException) -> None:
-            emit(instance.log_id, level, msg, user=user, depth=2)
+            def log(msg: str | BaseException) -> None:
+                emit(instance.log_id, level, msg, depth=2)
 
-        return log
+            return log
+
+        def log_user(msg: str | BaseException) -> None:
+            task = _lifecycle_task.get()
+            if task is not None and _runs_lifecycle_code(task):
+                raise _misuse(level)
+            emit(instance.log_id, level, msg, user=True, depth=2)
+
+        return log_user
 
 
 class Logger:
@@ -195,6 +283,11 @@ class Logger:
     ``log_id`` (a class attribute or a property; the class name by default) and
     ``extra["user"]`` true for the ``log_<level>`` methods, whose console lines read
     ``INFO: <log_id> [user] message``.
+
+    As in OverSIP, the ``log_<level>`` methods are for the user's own code (services,
+    module-level code): called while a lifecycle hook, a ``lifespan`` body or a
+    ``SystemCallbacks`` callback runs, they raise :class:`LoggerMisuse`, which names the
+    ``log_system_<level>`` method to use instead.
 
     Example::
 
@@ -265,7 +358,9 @@ _ESCAPED_LINE = _TIME + "{extra[" + _BODY + "]}\n"
 
 def _plain_line(record: Record) -> str | None:
     """The template of a record that needs no escaping and has one line, else ``None``."""
-    if record["exception"] is not None or not record["message"].isprintable():
+    message = record["message"]
+    # A str subclass could say it is printable when it is not: only a str is trusted.
+    if record["exception"] is not None or type(message) is not str or not message.isprintable():
         return None
     extra = record["extra"]
     if "log_id" not in extra:

@@ -1,8 +1,9 @@
 # Validation runs before anything starts and refuses, rather than ignores, what pluggy
 # would accept but our runtime cannot honour: a wrapper (the runtime calls implementations
 # one at a time, so there is no call for a wrapper to wrap), tryfirst/trylast on
-# `terminated`, whose order is by rule the reverse of `started`'s, a generator (a hook with
-# `yield`: calling it only creates the generator, so its body would never run), and a
+# `terminated`, whose order is by rule the reverse of `started`'s (and on `lifespan`, which
+# runs in the plugin's own turns), a generator (a hook with `yield`: calling it only
+# creates the generator, so its body would never run; `lifespan` alone must be one), and a
 # keyword-only parameter (pluggy passes only the positional ones it names, so the call
 # would fail, or the argument never arrive).
 
@@ -15,8 +16,9 @@ from collections.abc import Callable, Sequence
 import pluggy
 
 from . import hookspecs
+from ._order import check_declarations
 
-LIFECYCLE_HOOKS = ("initialize", "started", "reload", "terminated")
+LIFECYCLE_HOOKS = ("initialize", "lifespan", "started", "reload", "terminated")
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -151,6 +153,7 @@ def validate(pm: pluggy.PluginManager) -> None:
                     "specname); a plugin has one implementation of each lifecycle hook",
                 )
             seen.add(impl.plugin_name)
+    check_declarations(pm)  # requires/after (_order.py): last, once every hook is valid
 
 
 def _check_impl(hook: str, impl: pluggy.HookImpl, *, has_spec: bool) -> None:
@@ -177,14 +180,21 @@ def _check_impl(hook: str, impl: pluggy.HookImpl, *, has_spec: bool) -> None:
             f"{where}: hook {hook!r} is marked as a wrapper; lifecycle hooks are called one "
             "at a time, so wrappers are not supported",
         )
-    if hook == "terminated" and (impl.tryfirst or impl.trylast):
+    if hook in ("terminated", "lifespan") and (impl.tryfirst or impl.trylast):
         raise pluggy.PluginValidationError(
             impl.plugin,
-            f"{where}: hook 'terminated' is marked tryfirst/trylast; terminated always runs "
-            "in the reverse of the started order, so mark 'started' instead",
+            f"{where}: hook {hook!r} is marked tryfirst/trylast; it runs in the plugin's "
+            "started and terminated turns, so mark 'started' instead",
         )
     function = impl.function
-    if any(
+    if hook == "lifespan":
+        if not inspect.isasyncgenfunction(inspect.unwrap(function)):
+            raise pluggy.PluginValidationError(
+                impl.plugin,
+                f"{where}: hook 'lifespan' must be an async generator that yields once "
+                "(async def lifespan(runtime): ...; yield; ...)",
+            )
+    elif any(
         inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         for fn in (function, inspect.unwrap(function))
     ):

@@ -34,13 +34,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from contextvars import Context, ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, NamedTuple, TypedDict, TypeVarTuple, Unpack
+from typing import Any, NamedTuple, TypedDict, TypeVarTuple, Unpack, cast
 
 import pluggy
 import trio
@@ -48,13 +48,22 @@ from loguru import logger
 
 from ._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot, using
 from ._fatal import FatalError, printable
-from ._logging import add_console_sink, emit
+from ._logging import (
+    add_console_sink,
+    begin_lifecycle_code,
+    begin_service_code,
+    emit,
+    end_lifecycle_code,
+    lifecycle_code,
+)
 from ._manager import LIFECYCLE_HOOKS, get_plugin_manager, readable_name, validate
 from ._modules import active_plugin_manager
+from ._order import TRYFIRST, TRYLAST, UNMARKED, declared, ordered
 from ._signals import HANDLED_SIGNALS, STOP_SIGNALS, signals_caught
 from ._watchdog import GRACE, Watchdog
 
 LOG_ID = "runtime"
+_ACTED_ON = frozenset((signal.SIGHUP, *STOP_SIGNALS))
 
 _Ts = TypeVarTuple("_Ts")
 _Before = Callable[[str, str, dict[str, object]], object]
@@ -100,6 +109,10 @@ class _Service:
     name: str
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
+
+
+class LifespanError(Exception):
+    """A ``lifespan`` that did not yield exactly once."""
 
 
 class _TaskStatus:
@@ -219,6 +232,8 @@ class Runtime:
         self._signals_handled = False
         self._stop_signals = 0
         self._signals_received: collections.deque[tuple[int, int]] = collections.deque()
+        self._reload_signal_pending = False
+        self._act_on_signals_soon = False
         self._started: list[str] = []
         self._turn: tuple[str, str] | None = None  # (plugin, hook) being called
         # What each frame of a hook call or a service in progress belongs to, for the
@@ -227,6 +242,8 @@ class Runtime:
         self._services: dict[str | None, set[_Service]] = {}
         self._closed_owners: set[str | None] = set()
         self._interrupted: KeyboardInterrupt | None = None
+        # Each lifespan set up and not torn down yet: its task, and what tells it to end.
+        self._lifespans: dict[str, tuple[_Service, trio.Event]] = {}
         # The start ends once: completed, failed, or timed out by the loop or the watchdog.
         self._startup_lock = threading.Lock()
         self._startup_settled = False
@@ -242,6 +259,12 @@ class Runtime:
     def state(self) -> RuntimeState:
         """Where the runtime is in its lifecycle."""
         return self._state
+
+    @property
+    def error(self) -> bool:
+        """Whether the runtime is going down on an error: the ``error`` that
+        ``terminated`` gets, readable from any hook (a lifespan's teardown, say)."""
+        return self._error
 
     @property
     def errors(self) -> list[BaseException]:
@@ -294,6 +317,10 @@ class Runtime:
         if hook == "terminated":
             every_plugin = [turn.plugin_name for turn in self._schedule("started")]
             turns = self._termination_turns(every_plugin)
+        elif hook == "lifespan":  # set up in each plugin's `started` turn
+            lifespans = self._lifespan_impls()
+            turns = [turn for turn in self._schedule("started") if turn.plugin_name in lifespans]
+            return [turn.plugin_name for turn in turns]
         else:
             turns = self._schedule(hook)
         return [turn.plugin_name for turn in turns if turn.impls]
@@ -331,24 +358,37 @@ class Runtime:
         Raises:
             ValueError: ``signum`` is none of these four signals.
         """
-        if signum != signal.SIGHUP and signum not in STOP_SIGNALS:
+        # As little as can be: as a handler, this is re-entered by a signal that comes
+        # before it returns, so a flood of them must not make it recurse deep (the rest
+        # is done in the trio thread, once per batch, by `_act_on_signals`).
+        if signum not in _ACTED_ON:
             raise ValueError(f"the runtime acts on SIGHUP and the stop signals, not {signum}")
         if self._state is RuntimeState.STOPPED:
             return
-        ordinal = 0
-        if signum in STOP_SIGNALS:
-            self._stop_signals += 1
-            ordinal = self._stop_signals
+        if signum == signal.SIGHUP:
+            if self._reload_signal_pending:
+                return  # coalesced, as the reloads it asks for would be
+            self._reload_signal_pending = True
+            ordinal = 0
+        else:
+            ordinal = self._stop_signals = self._stop_signals + 1
             if ordinal == 1:
                 self._stop_requested = True
                 self._note_stop()
-            else:
+            elif ordinal == 2:
                 self._failed = True
                 self._cut_shutdown_short()
+            else:
+                return  # the shutdown is already cut short
         self._signals_received.append((signum, ordinal))
-        if self._trio_token is not None:
-            with suppress(trio.RunFinishedError):
-                self._trio_token.run_sync_soon(self._act_on_signals)
+        if self._act_on_signals_soon or self._trio_token is None:
+            return
+        self._act_on_signals_soon = True
+        # try/except rather than contextlib.suppress: no context manager to build here
+        try:  # noqa: SIM105
+            self._trio_token.run_sync_soon(self._act_on_signals)
+        except trio.RunFinishedError:
+            pass  # the run is over: nothing left to act on
 
     def start_soon(self, async_fn: Callable[[Unpack[_Ts]], Awaitable[object]], *args: *_Ts) -> None:
         """Start a service owned by the calling plugin; it runs until that plugin's
@@ -494,19 +534,27 @@ class Runtime:
         return started and ours
 
     async def _run_startup_hook(self, hook: str, deadline: float | None = None) -> bool:
+        lifespans = self._lifespan_impls() if hook == "started" else {}
         for turn in self._schedule(hook):
-            if not turn.impls and self._stop_came():
+            # In its `started` turn, a plugin's lifespan is set up first, then its `started`.
+            lifespan = lifespans.get(turn.plugin_name)
+            steps = [("lifespan", lifespan)] if lifespan is not None else []
+            steps += [(hook, impl) for impl in turn.impls]
+            if not steps and self._stop_came():
                 return False  # a plugin without this hook has had its turn only before a stop
-            for impl in turn.impls:
+            for step, impl in steps:
                 # A stop, a signal or the startup deadline that came during a synchronous
                 # implementation takes effect here, before the next one is called.
                 if self._stop_came():
                     return False
                 await trio.lowlevel.checkpoint()
-                self._turn = (turn.plugin_name, hook)
-                error = await self._call(hook, impl)
+                self._turn = (turn.plugin_name, step)
+                if step == "lifespan":
+                    error = await self._enter_lifespan(turn.plugin_name, impl)
+                else:
+                    error = await self._call(hook, impl)
                 if error is not None:
-                    self._report(error, turn.plugin_name, hook, impl)
+                    self._report(error, turn.plugin_name, step, impl)
                     self._fail()
                     return False
             if hook == "started":
@@ -546,13 +594,20 @@ class Runtime:
         self._callbacks_registry().closed_hooks.add("terminated")
         started_at = self._stop_time if self._stop_time is not None else trio.current_time()
         deadline = started_at + self.shutdown_timeout
+        # A plugin whose lifespan was set up but whose `started` then failed is torn down
+        # too, first, without its `terminated`.
+        started = set(self._started)
+        set_up = [name for name in self._lifespans if name not in started]
         with self._abandon_shutdown:
-            for turn in self._termination_turns(self._started):
-                for impl in turn.impls:
+            for turn in self._termination_turns(self._started + set_up):
+                impls = turn.impls if turn.plugin_name in started else []
+                for impl in impls:
                     self._act_on_signals()
                     if self._abandon_shutdown.cancel_called:
                         return
                     await self._terminate(turn.plugin_name, impl, deadline)
+                # Within the plugin: `terminated` first, then its lifespan's teardown.
+                await self._end_lifespan(turn.plugin_name, deadline)
                 await self._close_services(turn.plugin_name, deadline)
             for owner in list(self._services):
                 await self._close_services(owner, deadline)
@@ -579,25 +634,113 @@ class Runtime:
             self._report(error, plugin_name, "terminated", impl)
             self._failed = True
 
+    # -- lifespans ----------------------------------------------------------------------
+
+    def _lifespan_impls(self) -> dict[str, pluggy.HookImpl]:
+        return {impl.plugin_name: impl for impl in self.pm.hook.lifespan.get_hookimpls()}
+
+    async def _enter_lifespan(
+        self, plugin_name: str, impl: pluggy.HookImpl
+    ) -> BaseException | None:
+        """Run a lifespan's setup, up to its ``yield``, in a task of its own, so that the
+        nurseries and cancel scopes it opens may stay open across the ``yield`` (trio's
+        rule: a scope is exited by the task that entered it). Return what it raised."""
+        service = self._new_service(plugin_name, impl.function)
+        service.name = "lifespan"
+        ending = trio.Event()
+        token = _current_plugin.set(plugin_name)
+        try:
+            await self._services_nursery().start(
+                self._host_service,
+                plugin_name,
+                service,
+                self._live,
+                (plugin_name, impl, ending),
+                True,
+                name=f"{plugin_name}: lifespan",
+            )
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
+            return exc
+        finally:
+            _current_plugin.reset(token)
+        self._lifespans[plugin_name] = (service, ending)
+        return None
+
+    async def _live(
+        self,
+        plugin_name: str,
+        impl: pluggy.HookImpl,
+        ending: trio.Event,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """Drive one lifespan: setup, report ready, wait for the teardown, teardown. What
+        ends the wait early (a task of the lifespan's own nursery that failed, or the
+        shutdown deadline) is thrown in at the ``yield``, as ``asynccontextmanager`` does."""
+        kwargs = {"runtime": self}
+        generator = cast(
+            AsyncGenerator[None, None], impl.function(*[kwargs[name] for name in impl.argnames])
+        )
+        try:
+            with lifecycle_code():
+                await generator.__anext__()
+        except StopAsyncIteration:
+            raise LifespanError(f"lifespan of {plugin_name!r} ended without yielding") from None
+        task_status.started()
+        try:
+            await ending.wait()
+        except BaseException as exc:
+            try:
+                with lifecycle_code():
+                    await generator.athrow(exc)
+            except StopAsyncIteration:
+                return
+        else:
+            try:
+                with lifecycle_code():
+                    await generator.__anext__()
+            except StopAsyncIteration:
+                return
+        await generator.aclose()
+        raise LifespanError(f"lifespan of {plugin_name!r} yielded more than once")
+
+    async def _end_lifespan(self, plugin_name: str, deadline: float) -> None:
+        """Let a plugin's lifespan run its teardown, and wait for it until the deadline."""
+        lifespan = self._lifespans.pop(plugin_name, None)
+        if lifespan is None:
+            return
+        service, ending = lifespan
+        self._turn = (plugin_name, "lifespan")
+        ending.set()
+        with trio.CancelScope(deadline=deadline) as scope:
+            await service.done.wait()
+        if scope.cancelled_caught:
+            service.scope.cancel()
+            self._services.get(plugin_name, set()).discard(service)
+            self._shutdown_timed_out(f"lifespan of {plugin_name!r} cancelled")
+
     # -- calling implementations --------------------------------------------------------
 
     def _schedule(self, hook: str) -> list[_Turn]:
-        """Every plugin's turn at ``hook``: tryfirst, then the rest, then trylast, each
-        group in registration order, with the SystemCallbacks registry first of all."""
+        """Every plugin's turn at ``hook``: each after the plugins it ``requires`` or
+        comes ``after``, and otherwise tryfirst, then the rest, then trylast, each group
+        in registration order, with the SystemCallbacks registry first of all
+        (``_order.ordered``)."""
         by_plugin = {CALLBACKS_PLUGIN_NAME: self._callbacks_registry().impls(hook)}
+        before: dict[str, tuple[str, ...]] = {}
         for name, plugin in self.pm.list_name_plugin():
             if plugin is not None:
                 by_plugin[name] = []
+                before[name] = declared(plugin).before_it
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             by_plugin[impl.plugin_name].append(impl)
-        first: list[_Turn] = []
-        middle: list[_Turn] = []
-        last: list[_Turn] = []
-        for name, impls in by_plugin.items():
-            head = impls[0] if impls else None
-            group = first if head and head.tryfirst else last if head and head.trylast else middle
-            group.append(_Turn(name, impls))
-        return first + middle + last
+        ranks = {
+            name: TRYFIRST if impls[0].tryfirst else TRYLAST if impls[0].trylast else UNMARKED
+            for name, impls in by_plugin.items()
+            if impls
+        }
+        return [_Turn(name, by_plugin[name]) for name in ordered(list(by_plugin), ranks, before)]
 
     def _termination_turns(self, started: list[str]) -> list[_Turn]:
         by_plugin = {impl.plugin_name: [impl] for impl in self.pm.hook.terminated.get_hookimpls()}
@@ -616,6 +759,7 @@ class Runtime:
             before(hook, impl.plugin_name, kwargs)
         outcome: BaseException | None = None
         token = _current_plugin.set(impl.plugin_name)
+        in_hook = begin_lifecycle_code()  # log_<level>() raises until the call is over
         frame = sys._getframe()
         self._running[frame] = (impl.plugin_name, hook)
         try:
@@ -631,6 +775,7 @@ class Runtime:
         finally:
             del self._running[frame]
             self._leave_if_forked_child()
+            end_lifecycle_code(in_hook)
             _current_plugin.reset(token)
             for _, after in self._monitors:
                 after(outcome, hook, impl.plugin_name, kwargs)
@@ -825,11 +970,13 @@ class Runtime:
         """Log and act on the signals received so far, in the trio thread: called soon
         after each arrives, and before every implementation, so that the lines come in
         order and a stop takes effect before the next implementation."""
+        self._act_on_signals_soon = False
         while self._signals_received:
             signum, ordinal = self._signals_received.popleft()
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                if self._state not in (RuntimeState.STOPPING, RuntimeState.STOPPED):
+                self._reload_signal_pending = False
+                if not self._stop_requested:
                     emit(LOG_ID, "notice", f"{name} signal received, reloading...")
                     self._request_reload()
             elif ordinal == 1:
@@ -869,9 +1016,10 @@ class Runtime:
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         _current_plugin.set(owner)
+        begin_service_code()  # a copy of its starter's context, but not lifecycle code
         status = _TaskStatus(task_status)
         frame = sys._getframe()
-        self._running[frame] = (owner, f"service {service.name}")
+        self._running[frame] = (owner, service.name)
         try:
             with service.scope:
                 if reports_ready:
@@ -881,7 +1029,7 @@ class Runtime:
         except BaseException as exc:
             if is_cancellation(exc) or (reports_ready and not status.reported):
                 raise  # a start() that failed before it was ready raises in its caller
-            self._report(exc, owner, f"service {service.name}")
+            self._report(exc, owner, service.name)
             self._fail()
         finally:
             del self._running[frame]
@@ -892,7 +1040,7 @@ class Runtime:
     def _new_service(self, owner: str | None, async_fn: Callable[..., object]) -> _Service:
         # Recorded before its task first runs, so that closing the owner's services
         # right after `start_soon` still waits for this one.
-        service = _Service(_name_of(async_fn))
+        service = _Service(f"service {_name_of(async_fn)}")
         if owner in self._closed_owners:
             service.scope.cancel()
         self._services.setdefault(owner, set()).add(service)
@@ -991,7 +1139,9 @@ class RuntimeOptions(TypedDict, total=False):
     on_overrun: Callable[[], object] | None
 
 
-def run(*plugins: object, **runtime_options: Unpack[RuntimeOptions]) -> int:
+def run(
+    *plugins: object, entry_points: bool = False, **runtime_options: Unpack[RuntimeOptions]
+) -> int:
     """Run ``plugins`` through their lifecycle in a fresh trio run; return the exit status.
 
     The plugins are registered in the order given. If loguru still has its default
@@ -1002,21 +1152,42 @@ def run(*plugins: object, **runtime_options: Unpack[RuntimeOptions]) -> int:
     deadline ends the process with status 1, unless ``on_overrun`` says otherwise.
 
     Args:
-        plugins: modules, classes or objects with hookimpls.
+        plugins: modules, classes or objects with hookimpls, each registered under a
+            readable name (a module's ``__name__``, a class's name, an instance's class
+            name); or mappings of names to plugins, each registered under its key, the
+            name that ``M`` knows it by: ``run({"heartbeat": oversip_mod_heartbeat})``.
+        entry_points: first load the installed entry points of the group
+            ``oversip_hooks``, in the order of their names, each registered under its
+            name, as the command does.
         runtime_options: keyword arguments for :class:`Runtime`.
 
     Raises:
         pluggy.PluginValidationError: a plugin is invalid; no hook has been called.
+        ValueError: a name is taken twice, or a plugin is given twice.
+        TypeError: a name is not a ``str``.
 
     Example::
 
-        import oversip_hooks, my_module
-        raise SystemExit(oversip_hooks.run(my_module))
+        import oversip_hooks, oversip_mod_heartbeat, server
+        raise SystemExit(
+            oversip_hooks.run({"heartbeat": oversip_mod_heartbeat, "server": server})
+        )
     """
+    import importlib.metadata  # here: the runtime itself never reads installed metadata
+    from collections.abc import Mapping
+
     runtime_options.setdefault("on_overrun", _end_process)
-    pm = get_plugin_manager()
+    named: list[tuple[str | None, object]] = []
+    if entry_points:
+        found = importlib.metadata.entry_points(group="oversip_hooks")
+        named += [(each.name, each.load()) for each in sorted(found, key=lambda ep: ep.name)]
     for plugin in plugins:
-        pm.register(plugin, name=readable_name(pm, plugin))
+        named += plugin.items() if isinstance(plugin, Mapping) else [(None, plugin)]
+    pm = get_plugin_manager()
+    for name, plugin in named:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"a plugin's name must be a str, not {name!r}")
+        pm.register(plugin, name=readable_name(pm, plugin) if name is None else name)
     runtime = Runtime(pm, **runtime_options)
     _replace_default_log_handler()
     catching = runtime.handle_signals and threading.current_thread() is threading.main_thread()

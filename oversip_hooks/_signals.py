@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,7 +48,8 @@ class SignalCatcher:
     Only the main thread can install or remove signal handlers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, then_ignore: bool = False) -> None:
+        self._then_ignore = then_ignore
         self._target: _Target | None = None
         self._pending: list[int] = []
         self._previous: dict[int, _Handler] = {}
@@ -66,6 +68,7 @@ class SignalCatcher:
     def ignore_from_now_on(self) -> None:
         """Ignore every handled signal from now until the process exits."""
         self._target = None
+        _quiet_about_ignored_signals()
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
 
@@ -77,7 +80,11 @@ class SignalCatcher:
             target(signum)
 
     def detach(self) -> None:
-        """Keep the signals that come from now on, for the next :meth:`attach`."""
+        """Keep the signals that come from now on, for the next :meth:`attach`; or, for
+        a catcher that ignores them once done, ignore them from now on: its runtime has
+        run its last `terminated`, and the process is about to end."""
+        if self._then_ignore:
+            self.ignore_from_now_on()
         self._target = None
 
     def _caught(self, signum: int, frame: FrameType | None) -> None:
@@ -86,6 +93,24 @@ class SignalCatcher:
             self._pending.append(signum)
         else:
             target(signum)
+
+
+def _quiet_about_ignored_signals() -> None:
+    """Keep CPython from printing "Signal 1 ignored due to race condition" for a signal
+    that came while its handler became SIG_IGN (under a flood of them): ignoring it is
+    what was asked, and an operator would read the line as a crash."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_oversip_hooks_quiet", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, OSError) and "ignored due to race condition" in str(error):
+            return
+        previous(unraisable)
+
+    hook._oversip_hooks_quiet = True  # type: ignore[attr-defined]  # marks it as ours
+    sys.unraisablehook = hook
 
 
 _installed: SignalCatcher | None = None
@@ -113,7 +138,7 @@ def signals_caught(*, then_ignore: bool = False) -> Iterator[SignalCatcher]:
         return
     if threading.current_thread() is not threading.main_thread():
         raise ValueError("signals can only be caught in the main thread")
-    catcher = _installed = SignalCatcher()
+    catcher = _installed = SignalCatcher(then_ignore=then_ignore)
     catcher.install()
     try:
         yield catcher

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from ._runtime import Runtime
 
 PROJECT_NAME = "oversip_hooks"
@@ -36,6 +38,22 @@ def started(runtime: Runtime) -> None:
 
     An exception or ``fatal()`` here is fatal; the implementations after it do not run.
     """
+
+
+@hookspec
+async def lifespan(runtime: Runtime) -> AsyncIterator[None]:
+    """Set up and tear down in one async generator that yields once, as aiohttp's
+    ``cleanup_ctx`` and Starlette's lifespan do.
+
+    The code before ``yield`` runs in the plugin's ``started`` turn, before its
+    ``started`` (under the startup timeout); the code after it in the plugin's
+    ``terminated`` turn, after its ``terminated`` (under the shutdown deadline), on a clean
+    stop and on an error alike (``runtime.error`` tells which). It is torn down if and only
+    if its setup completed. A nursery or cancel scope opened before ``yield`` may stay open
+    across it; a task in that nursery that raises brings the runtime down with
+    ``error=True``, as a service does.
+    """
+    yield
 
 
 @hookspec

@@ -154,7 +154,8 @@ async def test_an_unknown_module_lists_the_loaded_ones(lifecycle):
 def test_the_package_exports_exactly_its_public_api():
     assert sorted(oversip_hooks.__all__) == sorted(
         [
-            "LEVELS", "CallbackRegistry", "FatalError", "Launcher", "Logger", "M", "Runtime",
+            "LEVELS", "CallbackRegistry", "FatalError", "Launcher", "Logger", "LoggerMisuse", "M",
+            "Runtime",
             "RuntimeState", "SystemCallbacks", "add_console_sink", "fatal", "get_logger",
             "get_plugin_manager", "hookimpl", "hookspec", "modules", "run",
         ]

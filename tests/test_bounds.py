@@ -5,6 +5,7 @@ would show."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import textwrap
 import time
@@ -418,3 +419,66 @@ async def test_check_and_plugins_stop_on_a_signal_with_one_line(
     child.process.send_signal(signal.SIGTERM)
     assert await child.finish() == 130
     assert child.lines[1:] == ["oversip-hooks: stopped: SIGTERM signal received"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "server",
+    [
+        """
+        import threading, time
+
+        def started():
+            threading.Thread(target=time.sleep, args=(60,)).start()  # not a daemon
+        """,
+        """
+        import atexit, time
+
+        def started():
+            atexit.register(time.sleep, 60)
+        """,
+    ],
+    ids=["non-daemon-thread", "atexit-handler"],
+)
+async def test_what_a_plugin_leaves_behind_cannot_keep_the_process_after_the_run(
+    tmp_path: Path, spawn: Spawn, server: str
+) -> None:
+    write(tmp_path, {"server.py": server})
+    child = await spawn("run", "server.py", "--pidfile", "pid")
+    await child.line("running")
+    begun = time.monotonic()
+    child.process.send_signal(signal.SIGTERM)
+    assert await child.finish() == 1
+    assert time.monotonic() - begun < BOUNDED
+    assert child.lines[-1] == (
+        "oversip-hooks: the process did not exit within 1 s of the end of the run "
+        "(a plugin's thread or atexit handler still runs); ending it"
+    )
+    assert not (tmp_path / "pid").exists()
+
+
+async def test_a_flood_of_signals_during_the_shutdown_is_handled_quietly(
+    tmp_path: Path, spawn: Spawn
+) -> None:
+    write(
+        tmp_path,
+        {
+            "server.py": """
+                import time
+
+                def terminated():
+                    time.sleep(0.05)
+            """
+        },
+    )
+    for _ in range(5):
+        child = await spawn("run", "server.py", "--pidfile", "pid")
+        await child.line("running")
+        child.process.send_signal(signal.SIGTERM)
+        while child.process.poll() is None:  # as fast as signals can be sent, to the end
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGHUP)
+        assert await child.finish() == 0, "\n".join(child.lines)
+        assert not any("Traceback" in line or "Error" in line for line in child.lines)
+        assert not any("reloading" in line for line in child.lines)
+        assert not (tmp_path / "pid").exists()

@@ -530,10 +530,10 @@ async def test_json_log_lines_keep_each_record_on_one_line(tmp_path: Path) -> No
                 from oversip_hooks import get_logger
 
                 log = get_logger("server")
+                log.log_notice("two\nlines\r\x1b[31m red\u2028end")  # not from a hook
 
                 def started(runtime):
                     log.log_system_debug("debugging")
-                    log.log_notice("two\nlines\r\x1b[31m red\u2028end")
                     try:
                         1 / 0
                     except ZeroDivisionError as error:
@@ -573,13 +573,13 @@ async def test_syslog_gets_one_datagram_per_record_with_each_level_priority(
                 from oversip_hooks import LEVELS, get_logger
 
                 log = get_logger("server")
+                log.log_info("user says\\nhello\\x00")  # the user's code: not from a hook
 
                 def initialize():
                     for number in range(20):  # more than a unix socket's queue holds
                         log.log_system_debug(f"number {number}")
                     for level in LEVELS:
                         getattr(log, f"log_system_{level}")(f"level {level}")
-                    log.log_info("user says\\nhello\\x00")
                     log.log_system_info("found report-\\udcff.csv")
 
                 def started(runtime):
@@ -702,6 +702,7 @@ async def test_plugins_lists_sources_and_the_order_that_run_follows(tmp_path: Pa
     assert listing["plugins"][1]["path"] == str(tmp_path / "fake_mod.py")
     assert listing["hooks"] == {
         "initialize": ["server"],
+        "lifespan": [],
         "started": ["mod_a", "fake", "server"],
         "reload": ["mod_a"],
         "terminated": ["server", "fake", "SystemCallbacks"],
@@ -725,6 +726,7 @@ async def test_plugins_lists_sources_and_the_order_that_run_follows(tmp_path: Pa
         "",
         "hooks, in call order:",
         "  initialize  server",
+        "  lifespan    (none)",
         "  started     mod_a, fake, server",
         "  reload      mod_a",
         "  terminated  server, fake, SystemCallbacks",

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import types
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pluggy
@@ -758,7 +759,7 @@ def test_an_unknown_hook_name_is_refused_before_anything_runs():
     assert type(info.value) is pluggy.PluginValidationError
     assert str(info.value) == (
         "plugin 'Typo': unknown hook 'startd'; did you mean 'started'? "
-        "(the hooks are initialize, started, reload, terminated)"
+        "(the hooks are initialize, lifespan, started, reload, terminated)"
     )
     assert Recorder.called is False
 
@@ -787,7 +788,7 @@ def test_an_argument_missing_from_the_spec_is_refused():
     ("marks", "message"),
     [
         ({"wrapper": True}, "marked as a wrapper"),
-        ({"tryfirst": True}, "terminated always runs in the reverse of the started order"),
+        ({"tryfirst": True}, "it runs in the plugin's started and terminated turns"),
     ],
 )
 def test_hooks_the_runtime_cannot_honour_are_refused(lifecycle, marks, message):
@@ -1241,3 +1242,191 @@ async def test_an_embedded_run_logs_the_overrun_and_cannot_end_the_process(
         assert overrun.endswith("ending the process")
     else:
         assert overrun.endswith("Runtime.run() waits for them")
+
+
+# -- lifespan: setup and teardown in one function ------------------------------------------
+
+
+class Heartbeat:
+    """The issue's module: a lifespan whose own task writes while the plugin runs."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    @hookimpl
+    async def lifespan(self, runtime: Runtime) -> AsyncIterator[None]:
+        self.events.append("setup")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.beat)
+            yield
+            self.events.append(f"teardown error={runtime.error}")
+            nursery.cancel_scope.cancel()
+        self.events.append("closed")
+
+    async def beat(self) -> None:
+        while True:
+            self.events.append("running")
+            await trio.sleep(1)
+
+    @hookimpl
+    def started(self) -> None:
+        self.events.append("started")
+
+    @hookimpl
+    def terminated(self, error: bool) -> None:
+        self.events.append("stopped")
+
+
+async def test_a_lifespan_wraps_started_and_terminated_and_its_tasks_end_before_closing(
+    lifecycle: LifecycleHarness, autojump_clock: trio.testing.MockClock
+) -> None:
+    events: list[str] = []
+    lifecycle.register(Sync(), name="before")
+    lifecycle.register(Heartbeat(events), name="heartbeat")
+    async with lifecycle.running():
+        await trio.sleep(2.5)
+    assert lifecycle.exit_status == 0
+    assert events[0] == "setup"
+    assert events.count("started") == 1
+    assert events[-3:] == ["stopped", "teardown error=False", "closed"]
+    assert "running" not in events[events.index("stopped") :]
+    assert lifecycle.trace[-1] == "before.terminated(error=False)"  # after heartbeat's teardown
+    assert Runtime(lifecycle.pm).hook_order("lifespan") == ["heartbeat"]
+
+
+async def test_a_lifespan_is_torn_down_on_error_with_runtime_error_set(
+    lifecycle: LifecycleHarness,
+) -> None:
+    events: list[str] = []
+
+    class FailsLater:
+        @hookimpl
+        def started(self) -> None:
+            fatal("cannot go on")
+
+    lifecycle.register(Heartbeat(events), name="heartbeat")
+    lifecycle.register(FailsLater(), name="fails")
+    assert await lifecycle.play() == 1
+    assert events[-2:] == ["teardown error=True", "closed"]
+
+
+async def test_a_lifespan_whose_setup_failed_is_not_torn_down(lifecycle: LifecycleHarness) -> None:
+    events: list[str] = []
+
+    class SetupFails:
+        @hookimpl
+        async def lifespan(self) -> AsyncIterator[None]:
+            events.append("setup")
+            raise ValueError("no connection")
+            yield
+            events.append("teardown")  # never reached
+
+    lifecycle.register(Heartbeat(events), name="heartbeat")
+    lifecycle.register(SetupFails(), name="db")
+    assert await lifecycle.play() == 1
+    assert events.count("setup") == 2
+    assert events[-2:] == ["teardown error=True", "closed"]
+    assert any(
+        line.startswith("CRIT: <db> lifespan failed: ValueError('no connection')")
+        for line in lifecycle.lines
+    )
+
+
+async def test_a_lifespan_set_up_before_a_failed_started_is_torn_down(
+    lifecycle: LifecycleHarness,
+) -> None:
+    events: list[str] = []
+
+    class StartedFails(Heartbeat):
+        @hookimpl
+        def started(self) -> None:
+            raise RuntimeError("started failed")
+
+    lifecycle.register(StartedFails(events), name="half")
+    assert await lifecycle.play() == 1
+    assert "stopped" not in events  # its terminated does not run: its started did not complete
+    assert events[-2:] == ["teardown error=True", "closed"]
+
+
+async def test_a_failing_task_of_a_lifespan_brings_the_runtime_down(
+    lifecycle: LifecycleHarness,
+) -> None:
+    events: list[str] = []
+
+    class Crashes:
+        @hookimpl
+        async def lifespan(self, runtime: Runtime) -> AsyncIterator[None]:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.crash)
+                yield
+            events.append("after the nursery")
+
+        async def crash(self) -> None:
+            await trio.lowlevel.checkpoint()
+            raise OSError("connection lost")
+
+    lifecycle.register(Heartbeat(events), name="heartbeat")
+    lifecycle.register(Crashes(), name="crashes")
+    async with lifecycle.running():
+        await lifecycle.wait_stopped()
+    assert lifecycle.exit_status == 1
+    assert "after the nursery" not in events
+    assert events[-2:] == ["teardown error=True", "closed"]
+    assert any("connection lost" in line for line in lifecycle.lines if "<crashes>" in line)
+
+
+@pytest.mark.parametrize("yields", [0, 2])
+async def test_a_lifespan_that_does_not_yield_exactly_once_is_a_failure_named(
+    lifecycle: LifecycleHarness, yields: int
+) -> None:
+    class Wrong:
+        @hookimpl
+        async def lifespan(self) -> AsyncIterator[None]:
+            for _ in range(yields):
+                yield
+
+    lifecycle.register(Wrong(), name="wrong")
+    assert await lifecycle.play() == 1
+    said = "ended without yielding" if yields == 0 else "yielded more than once"
+    assert any(f"lifespan of 'wrong' {said}" in line for line in lifecycle.lines)
+
+
+async def test_the_lifespan_setup_is_under_the_startup_timeout(make_lifecycle, autojump_clock):
+    class Hangs:
+        @hookimpl
+        async def lifespan(self) -> AsyncIterator[None]:
+            await trio.sleep_forever()
+            yield
+
+    lifecycle = make_lifecycle(startup_timeout=3)
+    lifecycle.register(Hangs(), name="hangs")
+    assert await lifecycle.play() == 1
+    assert (
+        "CRIT: <runtime> lifespan of 'hangs' did not complete within the startup timeout of 3 s"
+    ) in lifecycle.lines
+
+
+async def test_the_lifespan_teardown_is_under_the_shutdown_deadline(make_lifecycle, autojump_clock):
+    class SlowTeardown:
+        @hookimpl
+        async def lifespan(self) -> AsyncIterator[None]:
+            yield
+            await trio.sleep_forever()
+
+    lifecycle = make_lifecycle(shutdown_timeout=4)
+    lifecycle.register(SlowTeardown(), name="slow")
+    assert await lifecycle.play() == 1
+    assert (
+        "CRIT: <runtime> lifespan of 'slow' cancelled: the shutdown timeout of 4 s ran out"
+    ) in lifecycle.lines
+
+
+def test_a_lifespan_that_is_not_an_async_generator_is_refused() -> None:
+    class NotAGenerator:
+        @hookimpl
+        async def lifespan(self) -> None: ...
+
+    pm = get_plugin_manager()
+    pm.register(NotAGenerator(), name="plain")
+    with pytest.raises(pluggy.PluginValidationError, match="must be an async generator"):
+        trio.run(Runtime(pm, handle_signals=False).run)

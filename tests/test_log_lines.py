@@ -5,6 +5,7 @@ process, real datagram sockets for syslog, a real file named by JOURNAL_STREAM."
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 import trio
 from loguru import logger
 
-from oversip_hooks import add_console_sink
+from oversip_hooks import add_console_sink, get_logger
 from oversip_hooks._logging import CONTINUATION, SEVERITIES, escape
 from oversip_hooks._sinks import truncate
 from tests.processes import COMMAND, TIMEOUT, child_env, command, isolated, write
@@ -26,16 +27,17 @@ FORGED = "2026-01-01 00:00:00.000 CRIT: <runtime> FORGED"
 
 # The server file logs, at `started`, everything that used to forge a record: a newline
 # in a message, in a log_id, in a foreign (plain loguru) record and in an exception's
-# message, and the other control characters.
+# message, and the other control characters; its user line, at import, as the user's own
+# code (a hook may not use `log_<level>`).
 FORGER = rf"""
     from loguru import logger
     from oversip_hooks import get_logger
 
     FORGED = {FORGED!r}
     log = get_logger("server")
+    log.log_notice("hello\n" + FORGED)
 
     def started(runtime):
-        log.log_notice("hello\n" + FORGED)
         get_logger("evil\n" + FORGED).log_system_info("from a bad log_id")
         log.log_system_info("nul\x00 esc\x1b[2J cr\r del\x7f csi\x9b ls\u2028 rlo\u202e end")
         logger.warning("foreign\n" + FORGED)
@@ -106,10 +108,10 @@ JOURNALED = r"""
     from oversip_hooks import get_logger
 
     log = get_logger("server")
+    log.log_notice("two\n<0>lines")  # the user's own code, at import: not from a hook
 
     def started(runtime):
         log.log_system_debug("debugging")
-        log.log_notice("two\n<0>lines")
         log.log_system_warn("careful")
         logger.success("foreign success")
         try:
@@ -349,3 +351,18 @@ def test_truncate_cuts_within_the_limit_at_a_character_boundary() -> None:
         kept, more = re.fullmatch(r"(é*)\.\.\. \[truncated, (\d+) more bytes\]", text).groups()
         assert len(kept.encode()) + int(more) == len(data)
     assert truncate(b"short", 5) == b"short"
+
+
+def test_a_str_subclass_that_lies_about_being_printable_cannot_forge_a_line() -> None:
+    class Liar(str):
+        def isprintable(self) -> bool:
+            return True
+
+    stream = io.StringIO()
+    sink = add_console_sink(stream)
+    try:
+        get_logger("liar").log_system_info(Liar("hello\n2026-11-26 00:00:00.000 CRIT: x\x1b"))
+    finally:
+        logger.remove(sink)
+    lines = stream.getvalue().splitlines()
+    assert lines[1] == "| 2026-11-26 00:00:00.000 CRIT: x\\x1b"

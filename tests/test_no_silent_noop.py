@@ -243,6 +243,7 @@ def test_functions_of_the_file_and_marked_hooks_count_under_a_hooks_name(
     hooks = json.loads(finished.out)["hooks"]
     assert hooks == {
         "initialize": ["server"],
+        "lifespan": [],
         "started": ["server"],
         "reload": ["server"],
         "terminated": [],
@@ -646,6 +647,8 @@ async def test_plugins_lists_the_system_callbacks_among_the_plugins(tmp_path: Pa
             "path": None,
             "distribution": None,
             "version": None,
+            "requires": [],
+            "after": [],
         },
         {
             "name": "server",
@@ -654,6 +657,8 @@ async def test_plugins_lists_the_system_callbacks_among_the_plugins(tmp_path: Pa
             "path": "server.py",
             "distribution": None,
             "version": None,
+            "requires": [],
+            "after": [],
         },
     ]
     assert listing["hooks"]["started"] == ["SystemCallbacks", "server"]

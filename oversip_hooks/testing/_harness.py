@@ -6,27 +6,51 @@
 #
 # Every wait is on an event the runtime reports (a change of state, the end of the run),
 # never on time, so the harness is exact under trio's MockClock(autojump_threshold=0).
+# Such a clock jumps to the next deadline as soon as every task waits, and a task waiting
+# for a `trio.to_thread` worker waits too: the startup timeout would fire while the thread
+# still works. So while a harness runs under a MockClock, an instrument holds the clock's
+# autojump whenever a worker thread of the run is busy (trio's own count,
+# `trio.testing.active_thread_count()`, read after every task step, which is where a
+# thread is started or its result taken), and gives it back when none is. Threads that
+# trio does not start for a task that waits for them (`threading.Thread`,
+# `trio.lowlevel.start_thread_soon`, an abandoned `abandon_on_cancel` thread) are not
+# counted: nothing in the run waits for them.
+#
+# Rejected: a subclass of MockClock (trio forbids it) and a Clock of our own that jumps by
+# itself (trio's runner autojumps only a MockClock, after its I/O check and its
+# `wait_all_tasks_blocked` waiters; a clock of our own would have to redo both).
+#
+# Log records stay in memory: while a harness is isolated, loguru's default handler (id 0,
+# standard error) is given a filter that drops the records the harness captures, and its
+# own filter back afterwards. loguru has no public way to change a handler's filter;
+# removing and re-adding the handler would give it another id, and `run()` and users find
+# the default handler by its id 0.
 
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pluggy
 import trio
+import trio.testing
 from loguru import logger
 
-from .._callbacks import CallbackRegistry, snapshot, using
+from .._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot, using
 from .._fatal import FatalError, fatal
 from .._logging import LEVELS
-from .._manager import get_plugin_manager, readable_name, validate
+from .._manager import LIFECYCLE_HOOKS, get_plugin_manager, readable_name, validate
 from .._runtime import Runtime, RuntimeState, is_cancellation, leaf_exceptions
 from ..hookspecs import hookimpl
 
 _LEVEL_OF_LOGURU_NAME = {loguru_name: level for level, (loguru_name, _) in LEVELS.items()}
+
+# The `extra` key that tags the records of one harness's run with the harness's id.
+_TAG = "oversip_hooks_harness"
 
 Hook = Literal["initialize", "started", "reload", "terminated"]
 
@@ -121,6 +145,122 @@ class FaultInjector:
         self._maybe_fail("terminated")
 
 
+# The threshold that holds the autojump: larger than any timeout trio's loop waits for (a
+# day), so it never jumps, and unlike a test's own math.inf, so that a threshold the test
+# sets meanwhile is kept.
+_HELD = 1e300
+
+
+class _AutojumpHold(trio.abc.Instrument):
+    """Holds a MockClock's autojump while a ``trio.to_thread`` worker of the run is busy.
+
+    One per run (in :data:`_HOLD`), shared by the harnesses that run in it."""
+
+    def __init__(self, clock: trio.testing.MockClock) -> None:
+        self.clock = clock
+        self.users = 0
+        self._held: float | None = None  # the threshold put aside while threads work
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        busy = trio.testing.active_thread_count() > 0
+        if busy and self._held is None:
+            self._held = self.clock.autojump_threshold
+            self.clock.autojump_threshold = _HELD
+        elif not busy:
+            self.release()
+
+    def release(self) -> None:
+        if self._held is not None:
+            if self.clock.autojump_threshold == _HELD:  # unless the test has set its own
+                self.clock.autojump_threshold = self._held
+            self._held = None
+
+
+_HOLD: trio.lowlevel.RunVar[_AutojumpHold | None] = trio.lowlevel.RunVar(
+    "oversip_hooks_autojump_hold", default=None
+)
+
+
+@contextmanager
+def _autojump_held_while_threads_work() -> Iterator[None]:
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        yield
+        return
+    hold = _HOLD.get()
+    if hold is None:
+        hold = _AutojumpHold(clock)
+        _HOLD.set(hold)
+        trio.lowlevel.add_instrument(hold)
+    hold.users += 1
+    try:
+        yield
+    finally:
+        hold.users -= 1
+        if hold.users == 0:
+            trio.lowlevel.remove_instrument(hold)
+            hold.release()
+            _HOLD.set(None)
+
+
+class _QuietDefaultHandler:
+    """Keeps the records that isolated harnesses capture from loguru's default handler."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._harnesses: set[int] = set()
+        self._handler: Any = None
+        self._original: Any = None
+
+    @contextmanager
+    def holding(self, harness: int) -> Iterator[None]:
+        with self._lock:
+            if not self._harnesses:
+                self._install()
+            self._harnesses.add(harness)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._harnesses.discard(harness)
+                if not self._harnesses:
+                    self._uninstall()
+
+    def _filter(self, record: Any) -> bool:
+        tag = record["extra"].get(_TAG)
+        if self._harnesses and (tag is None or tag in self._harnesses):
+            return False  # an isolated harness captures it
+        return self._original is None or bool(self._original(record))
+
+    def _install(self) -> None:
+        # loguru's default handler, if the application has not removed it; nothing to do
+        # if loguru's internals ever change shape.
+        handler = getattr(getattr(logger, "_core", None), "handlers", {}).get(0)
+        if handler is not None and hasattr(handler, "_filter"):
+            self._handler, self._original = handler, handler._filter
+            handler._filter = self._filter
+
+    def _uninstall(self) -> None:
+        if self._handler is not None and self._handler._filter == self._filter:
+            self._handler._filter = self._original
+        self._handler = self._original = None
+
+
+_QUIET_DEFAULT_HANDLER = _QuietDefaultHandler()
+
+
+def _expand(plugins: tuple[object, ...]) -> Iterator[tuple[str | None, object]]:
+    """``(name, plugin)`` for each plugin; ``None`` for a plugin given without a name."""
+    for plugin in plugins:
+        if isinstance(plugin, Mapping):
+            for name, named in plugin.items():
+                if not isinstance(name, str):
+                    raise TypeError(f"a plugin's name must be a str, not {name!r}")
+                yield name, named
+        else:
+            yield None, plugin
+
+
 class LifecycleHarness:
     """Runs plugins through the real :class:`~oversip_hooks.Runtime`, in isolation.
 
@@ -129,10 +269,12 @@ class LifecycleHarness:
     :attr:`trace`), every log record (:attr:`records`, :attr:`lines`) and the exit status.
 
     Args:
-        plugins: registered in the order given, under readable names (a module's name,
-            a class's name, an instance's class name).
+        plugins: registered in the order given, each under a readable name (a module's
+            name, a class's name, an instance's class name), or mappings of names to
+            plugins, each registered under its key: ``LifecycleHarness({"pool": pool})``.
         startup_timeout, shutdown_timeout: as for :class:`~oversip_hooks.Runtime`; short
-            by default, and exact under ``MockClock(autojump_threshold=0)``.
+            by default (5 s), and exact under ``MockClock(autojump_threshold=0)``, which
+            does not jump while a ``trio.to_thread`` worker of the run is busy.
         global_callbacks: start from the callbacks registered outside any run (at import
             time), instead of an empty registry.
 
@@ -175,8 +317,8 @@ class LifecycleHarness:
         self._isolated = False
         self._active_calls: list[str] = []
         self.overlapping_calls: list[tuple[str, str]] = []
-        for plugin in plugins:
-            self.register(plugin)
+        for name, plugin in _expand(plugins):
+            self.register(plugin, name=name)
 
     # -- setting up ---------------------------------------------------------------------
 
@@ -187,7 +329,9 @@ class LifecycleHarness:
             pluggy.PluginValidationError: a hook takes an argument its spec lacks.
             ValueError: the plugin or the name is already registered.
         """
-        registered = self.pm.register(plugin, name=name or readable_name(self.pm, plugin))
+        if name is None:
+            name = readable_name(self.pm, plugin)
+        registered = self.pm.register(plugin, name=name)
         assert registered is not None, "a fresh harness blocks no plugin name"
         return registered
 
@@ -224,12 +368,15 @@ class LifecycleHarness:
     @contextmanager
     def isolated(self) -> Iterator[LifecycleHarness]:
         """Inside the block, ``SystemCallbacks`` adds to this harness's registry and log
-        records are captured. The pytest fixtures hold it for the whole test."""
+        records are captured, in memory only: loguru's default handler (standard error)
+        does not get them; other sinks do. The pytest fixtures hold it for the whole
+        test."""
         if self._isolated:
             yield self
             return
         with ExitStack() as stack:
             stack.enter_context(using(self.callbacks))
+            stack.enter_context(_QUIET_DEFAULT_HANDLER.holding(id(self)))
             sink = logger.add(
                 self._capture, level=0, format="{message}", filter=self._ours, catch=False
             )
@@ -263,7 +410,7 @@ class LifecycleHarness:
         runtime.add_state_listener(self._on_state)
         runtime.add_call_monitor(self._before_call, self._after_call)
         self.runtime = runtime
-        with self.isolated():
+        with self.isolated(), _autojump_held_while_threads_work():
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._run_to_the_end, runtime)
@@ -384,9 +531,44 @@ class LifecycleHarness:
         with ``" raised ValueError"`` or ``" cancelled"`` after a call that did."""
         return [str(call) for call in self.calls]
 
-    def calls_to(self, hook: str) -> list[HookCall]:
-        """The calls of ``hook``, in order."""
-        return [call for call in self.calls if call.hook == hook]
+    def calls_to(self, hook: str, plugin: str | None = None) -> list[HookCall]:
+        """The calls of ``hook``, in order; only those of the plugin named ``plugin``
+        when given.
+
+        Raises:
+            ValueError: ``hook`` is not a lifecycle hook, or no plugin of this harness is
+                named ``plugin`` (the message lists those that are), so that a check
+                that names a plugin wrongly fails instead of never seeing a call.
+        """
+        if hook not in LIFECYCLE_HOOKS:
+            raise ValueError(
+                f"no lifecycle hook named {hook!r} (the hooks are {', '.join(LIFECYCLE_HOOKS)})"
+            )
+        if plugin is not None:
+            self.check_plugin_name(plugin)
+        return [
+            call
+            for call in self.calls
+            if call.hook == hook and (plugin is None or call.plugin == plugin)
+        ]
+
+    @property
+    def plugin_names(self) -> list[str]:
+        """The names of the registered plugins, in registration order (with ``"faults"``
+        once the fault injector is registered)."""
+        return [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
+
+    def check_plugin_name(self, name: str) -> str:
+        """Return ``name`` if a plugin of this harness has it (or it is
+        ``"SystemCallbacks"``, the callbacks' name).
+
+        Raises:
+            ValueError: no plugin has it; the message lists the names there are.
+        """
+        if name == CALLBACKS_PLUGIN_NAME or name in self.plugin_names:
+            return name
+        known = ", ".join(repr(each) for each in [*self.plugin_names, CALLBACKS_PLUGIN_NAME])
+        raise ValueError(f"no plugin named {name!r} in this harness; its plugins are {known}")
 
     @property
     def lines(self) -> list[str]:
@@ -424,7 +606,7 @@ class LifecycleHarness:
     async def _run_to_the_end(self, runtime: Runtime) -> None:
         # Tagged so that this harness's sink takes this run's records and no other's,
         # when a test runs several harnesses at once.
-        with logger.contextualize(oversip_hooks_harness=id(self)):
+        with logger.contextualize(**{_TAG: id(self)}):
             self.exit_status = await runtime.run()
         self._notify()
 
@@ -470,7 +652,7 @@ class LifecycleHarness:
         )
 
     def _ours(self, record: Any) -> bool:
-        return bool(record["extra"].get("oversip_hooks_harness", id(self)) == id(self))
+        return bool(record["extra"].get(_TAG, id(self)) == id(self))
 
     def _capture(self, message: Any) -> None:
         record = message.record

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import trio
@@ -111,26 +111,28 @@ class _TrioThread:
 
 class LifecycleMachine(RuleBasedStateMachine):
     """Fuzz a plugin's lifecycle: subclass, return your plugins from
-    :meth:`make_plugins`, and add ``@invariant()`` methods of your own.
+    :meth:`make_plugins` (a mapping of names to plugins, so that your invariants know
+    their names), and add ``@invariant()`` methods of your own.
 
     Each test case calls :meth:`configure` with hypothesis's ``data``, starts the runtime
     (perhaps with a failure injected into ``initialize`` or ``started``), then applies
     random steps: reloads, stops, signals,
     failures in ``reload`` or ``terminated``. After every step, and at the end, it checks
     :func:`check_lifecycle_invariants` and your invariants. ``self.harness`` is the
-    :class:`LifecycleHarness`; its ``calls``, ``lines`` and ``exit_status`` are there for
-    your invariants.
+    :class:`LifecycleHarness`; its ``calls``, ``calls_to(hook, plugin=name)``, ``lines``
+    and ``exit_status`` are there for your invariants (``calls_to`` with a name that no
+    plugin has raises, rather than finding no call).
 
     Example::
 
         class PoolMachine(LifecycleMachine):
             def make_plugins(self):
                 self.pool = PoolModule()
-                return [self.pool]
+                return {"pool": self.pool}
 
             @invariant()
             def connections_closed_once_stopped(self):
-                if self.harness.stopped:
+                if self.harness.stopped and self.harness.calls_to("terminated", "pool"):
                     assert self.pool.open_connections == 0
 
         TestPool = PoolMachine.TestCase
@@ -141,8 +143,9 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        plugins = self.make_plugins()
         self.harness = LifecycleHarness(
-            *self.make_plugins(),
+            *([plugins] if isinstance(plugins, Mapping) else plugins),
             startup_timeout=self.startup_timeout,
             shutdown_timeout=self.shutdown_timeout,
         )
@@ -150,8 +153,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._loop = _TrioThread(self.harness)
         self._loop_started = False
 
-    def make_plugins(self) -> Sequence[object]:
-        """The plugins under test, in registration order. Override this."""
+    def make_plugins(self) -> Mapping[str, object] | Sequence[object]:
+        """The plugins under test, in registration order: a mapping of names to plugins,
+        each registered under its name, or a sequence of plugins, each registered under a
+        readable name (a module's name, an instance's class name). Override this."""
         raise NotImplementedError("LifecycleMachine subclasses return their plugins here")
 
     def _running(self) -> bool:
