@@ -47,6 +47,7 @@ from ._order import NONE as NO_DECLARATIONS
 from ._order import declarations
 from ._pidfile import PidFile, check_pid_file, pid_file
 from ._runtime import Runtime
+from ._scaffold import create as create_module
 from ._settings import ConfigError
 from ._signals import StoppedBySignal, signals_caught
 from ._sinks import add_json_sink, add_syslog_sink
@@ -182,6 +183,12 @@ def _list_plugins(options: argparse.Namespace) -> int:
     print("\nhooks, in call order:")
     hooks = [(hook, ", ".join(names) or "(none)") for hook, names in order.items()]
     print("\n".join(_columns(hooks)))
+    return 0
+
+
+def _new(options: argparse.Namespace) -> int:
+    target = create_module(options.name, Path.cwd())
+    print(f"{PROG}: wrote {target}; next: pip install -e '{target}[test]', then pytest there")
     return 0
 
 
@@ -388,4 +395,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="print JSON, for machines")
     plugins.set_defaults(command=_list_plugins)
+    new = commands.add_parser(
+        "new",
+        help="write the skeleton of a module, oversip-mod-NAME, that passes its own tests",
+        description="Write oversip-mod-NAME/ in the current directory: a pyproject with the "
+        "entry point NAME, the package oversip_mod_NAME, its tests and a README. Nothing "
+        "is overwritten: an existing oversip-mod-NAME is refused.",
+    )
+    new.add_argument("name", metavar="NAME", help="the module's name, a lowercase identifier")
+    new.set_defaults(command=_new, debug=False)
     return parser

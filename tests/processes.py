@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import socket
 import sys
+import sysconfig
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -247,3 +248,22 @@ async def dead_pid() -> int:
     with trio.fail_after(TIMEOUT):
         await process.wait()
     return process.pid
+
+
+async def venv_seeing_this_one(directory: Path) -> str:
+    """A new virtual environment in ``directory`` that also sees this one's packages
+    (oversip_hooks, its dependencies, hatchling) through a .pth file, so that installing
+    into it downloads nothing; its python. `venv --system-site-packages` would not do when
+    this interpreter is itself a virtual environment's: it sees the base installation."""
+    venv = directory / "venv"
+    with trio.fail_after(TIMEOUT):
+        await trio.run_process([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = str(venv / "bin" / "python")
+    purelib = await command(
+        directory, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", argv=[python]
+    )
+    ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (Path(purelib.out.strip()) / "_outer_environment.pth").write_text(
+        "".join(f"import site; site.addsitedir({path!r})\n" for path in sorted(ours))
+    )
+    return python

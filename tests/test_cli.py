@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import sys
-import sysconfig
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,6 @@ from tests.processes import (
     COMMAND,
     FAKE_DISTRIBUTION,
     SERVER,
-    TIMEOUT,
     Datagrams,
     Spawn,
     child_env,
@@ -32,6 +30,7 @@ from tests.processes import (
     dead_pid,
     fields,
     notifications_until,
+    venv_seeing_this_one,
     write,
 )
 
@@ -778,20 +777,7 @@ async def test_a_pip_installed_module_is_found_listed_and_run(tmp_path: Path, sp
             """,
         },
     )
-    # A virtual environment of its own that also sees this one's packages (oversip_hooks,
-    # its dependencies, hatchling). `venv --system-site-packages` would not do when this
-    # interpreter is itself a virtual environment's: it sees the base installation.
-    venv = tmp_path / "venv"
-    with trio.fail_after(TIMEOUT):
-        await trio.run_process([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    python = str(venv / "bin" / "python")
-    purelib = await command(
-        tmp_path, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", argv=[python]
-    )
-    ours = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
-    (Path(purelib.out.strip()) / "_outer_environment.pth").write_text(
-        "".join(f"import site; site.addsitedir({path!r})\n" for path in sorted(ours))
-    )
+    python = await venv_seeing_this_one(tmp_path)
     with trio.fail_after(120):
         await trio.run_process(
             [
@@ -819,7 +805,7 @@ async def test_a_pip_installed_module_is_found_listed_and_run(tmp_path: Path, sp
     ]
     assert greeter["origin"] == "entry point"
     assert (greeter["distribution"], greeter["version"]) == ("oversip-mod-greeter", "1.2.3")
-    assert Path(greeter["path"]).is_relative_to(venv)
+    assert Path(greeter["path"]).is_relative_to(tmp_path / "venv")
 
     child = await spawn("run", env=env, argv=[python, "-m", "oversip_hooks"])
     await child.line("NOTICE: <greeter> hello")

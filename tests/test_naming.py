@@ -35,8 +35,7 @@ class Pool:
 
 
 class Looks:
-    """Records, from its `started`, the names of the run's plugins and what `M` finds,
-    then stops the runtime."""
+    """Records, from its `started`, the names of the run's plugins and what `M` finds."""
 
     def __init__(self, *lookups: str) -> None:
         self.lookups = lookups
@@ -46,7 +45,14 @@ class Looks:
     @hookimpl
     def started(self, runtime: Runtime) -> None:
         self.names = [name for name, plugin in runtime.pm.list_name_plugin() if plugin]
-        self.found = {name: getattr(M, name) for name in self.lookups}
+        self.found = {name: getattr(M, name, None) for name in self.lookups}
+
+
+class Stops:
+    """Given last, stops the runtime once every `started` has returned."""
+
+    @hookimpl
+    def started(self, runtime: Runtime) -> None:
         runtime.stop()
 
 
@@ -67,23 +73,23 @@ def heartbeat_module() -> types.ModuleType:
 def test_run_registers_a_mapping_s_plugins_under_their_keys_so_m_finds_them():
     heartbeat = heartbeat_module()
     looks = Looks("heartbeat")
-    assert run({"heartbeat": heartbeat, "looks": looks}, handle_signals=False) == 0
+    assert run({"heartbeat": heartbeat, "looks": looks}, Stops(), handle_signals=False) == 0
     assert looks.found == {"heartbeat": heartbeat}
-    assert looks.names == ["heartbeat", "looks"]
+    assert looks.names == ["heartbeat", "looks", "Stops"]
 
 
 def test_run_keeps_the_order_given_and_readable_names_for_plugins_given_bare():
     heartbeat = heartbeat_module()
     looks = Looks()
-    assert run(Pool(), {"heartbeat": heartbeat}, looks, handle_signals=False) == 0
-    assert looks.names == ["Pool", "heartbeat", "Looks"]
+    assert run(Pool(), {"heartbeat": heartbeat}, looks, Stops(), handle_signals=False) == 0
+    assert looks.names == ["Pool", "heartbeat", "Looks", "Stops"]
 
 
 def test_run_refuses_a_name_that_is_not_a_string_or_is_taken():
     with pytest.raises(TypeError, match="a plugin's name must be a str, not 1"):
-        run({1: Pool()}, handle_signals=False)  # type: ignore[dict-item]
+        run({1: Pool()}, Stops(), handle_signals=False)  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="pool"):
-        run({"pool": Pool()}, {"pool": Pool()}, handle_signals=False)
+        run({"pool": Pool()}, {"pool": Pool()}, Stops(), handle_signals=False)
 
 
 @pytest.fixture
@@ -124,8 +130,8 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[
 
 def test_run_loads_the_installed_entry_points_only_when_asked(installed):
     looks = Looks()
-    assert run(looks, handle_signals=False) == 0
-    assert looks.names == ["Looks"]
+    assert run(looks, Stops(), handle_signals=False) == 0
+    assert looks.names == ["Looks", "Stops"]
     assert installed == []
 
 
@@ -133,8 +139,8 @@ def test_run_loads_entry_points_in_name_order_under_their_names_before_the_plugi
     installed,
 ):
     looks = Looks("alpha", "zeta")
-    assert run({"looks": looks}, entry_points=True, handle_signals=False) == 0
-    assert looks.names == ["alpha", "zeta", "looks"]
+    assert run({"looks": looks}, Stops(), entry_points=True, handle_signals=False) == 0
+    assert looks.names == ["alpha", "zeta", "looks", "Stops"]
     assert looks.found == {
         "alpha": importlib.import_module("mod_alpha"),
         "zeta": importlib.import_module("mod_zeta"),

@@ -40,7 +40,8 @@ def make_lifecycle(
     loguru_caplog: pytest.LogCaptureFixture,
 ) -> Iterator[Callable[..., LifecycleHarness]]:
     """A factory of isolated :class:`LifecycleHarness` objects, for a test that needs
-    options or more than one harness: ``make_lifecycle(*plugins, shutdown_timeout=1)``.
+    options or more than one harness: ``make_lifecycle(*plugins, shutdown_timeout=1)``,
+    where a mapping names its plugins: ``make_lifecycle({"pool": Pool()})``.
 
     Each harness is isolated for the whole test: ``SystemCallbacks`` registrations made
     in the test go to its own registry, and nothing leaks into the next test.
@@ -62,9 +63,9 @@ def lifecycle(make_lifecycle: Callable[..., LifecycleHarness]) -> LifecycleHarne
     Example::
 
         async def test_pool_closes(lifecycle):
-            lifecycle.register(PoolModule())
+            lifecycle.register(PoolModule(), name="pool")
             async with lifecycle.running():
                 pass
-            assert lifecycle.trace[-1] == "PoolModule.terminated(error=False)"
+            assert lifecycle.trace[-1] == "pool.terminated(error=False)"
     """
     return make_lifecycle()
