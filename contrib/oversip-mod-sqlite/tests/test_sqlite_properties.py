@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from hypothesis import settings
@@ -33,17 +33,17 @@ class Writes(Connections):
 
 @settings(max_examples=60, stateful_step_count=6, deadline=None)
 class SQLiteModuleMachine(LifecycleMachine):
-    def make_plugins(self) -> Sequence[object]:
+    def make_plugins(self) -> Mapping[str, object]:
         self.directory = Path(tempfile.mkdtemp(prefix="oversip-mod-sqlite-"))
         self.database = self.directory / "machine.db"
         self.connections = Writes()
         user = PoolUser("main", database=self.database, size=SIZE, on_connect=self.connections)
-        return [oversip_mod_sqlite, user]
+        return {"sqlite": oversip_mod_sqlite, "user": user}
 
     def _module_started(self) -> bool:
         return any(
-            call.plugin == "oversip_mod_sqlite" and not call.raised and not call.cancelled
-            for call in self.harness.calls_to("started")
+            not call.raised and not call.cancelled
+            for call in self.harness.calls_to("started", plugin="sqlite")
         )
 
     def _abandoned(self) -> bool:
