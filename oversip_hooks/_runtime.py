@@ -828,11 +828,16 @@ class Runtime:
             return True
 
     def _startup_timed_out(self) -> None:
-        message = f"{self._in_turn()} did not complete within the startup timeout"
-        timeout = TimeoutError(f"{message} of {self.startup_timeout:g} s")
+        self._log_startup_timeout()
+        self._fail()
+
+    def _log_startup_timeout(self) -> None:
+        timeout = TimeoutError(
+            f"{self._in_turn()} did not complete within the startup timeout of "
+            f"{self.startup_timeout:g} s"
+        )
         self._errors.append(timeout)
         emit(LOG_ID, "crit", str(timeout))
-        self._fail()
 
     def _startup_overran(self) -> None:
         """The watchdog's end of a start that a synchronous `started` keeps past its
@@ -844,12 +849,7 @@ class Runtime:
             self._error = self._failed = self._announced_failure = True
             self._stop_requested = True
             self._note_stop()
-        timeout = TimeoutError(
-            f"{self._in_turn()} did not complete within the startup timeout of "
-            f"{self.startup_timeout:g} s"
-        )
-        self._errors.append(timeout)
-        emit(LOG_ID, "crit", str(timeout))
+        self._log_startup_timeout()
         emit(LOG_ID, "crit", "exiting with error status")
         if self._trio_token is not None:
             with suppress(trio.RunFinishedError):

@@ -20,7 +20,7 @@ import pytest
 
 from oversip_hooks._pidfile import check_pid_file, pid_file
 from oversip_hooks._settings import ConfigError
-from tests.processes import COMMAND, Spawn, child_env, command
+from tests.processes import COMMAND, Child, Spawn, child_env, command
 
 NOBODY = 65534
 AS_ROOT = pytest.mark.skipif(
@@ -172,11 +172,8 @@ async def test_a_planted_pid_file_is_refused_and_left_alone(
     assert snapshot(shared) == before  # nothing written, created or removed
 
 
-@AS_ROOT
-@pytest.mark.parametrize("uid", USERS)
-async def test_the_pid_file_is_ours_while_running_and_removed_at_exit(
-    shared: Path, spawn: Spawn, uid: int
-) -> None:
+async def running_with_a_pid_file(shared: Path, spawn: Spawn, uid: int) -> Child:
+    """The command, run as ``uid`` with the PID file ``shared/pid``, once running."""
     child = await spawn(
         "run",
         str(shared / "server.py"),
@@ -186,6 +183,15 @@ async def test_the_pid_file_is_ours_while_running_and_removed_at_exit(
         argv=argv_as(uid),
     )
     await child.line("<runtime> running")
+    return child
+
+
+@AS_ROOT
+@pytest.mark.parametrize("uid", USERS)
+async def test_the_pid_file_is_ours_while_running_and_removed_at_exit(
+    shared: Path, spawn: Spawn, uid: int
+) -> None:
+    child = await running_with_a_pid_file(shared, spawn, uid)
     status = (shared / "pid").lstat()
     assert (shared / "pid").read_text() == f"{child.pid}\n"
     assert (status.st_uid, status.st_nlink, stat.S_ISREG(status.st_mode)) == (uid, 1, True)
@@ -201,15 +207,7 @@ async def test_the_pid_file_is_ours_while_running_and_removed_at_exit(
 async def test_only_the_file_this_process_created_is_removed_at_exit(
     shared: Path, spawn: Spawn, uid: int
 ) -> None:
-    child = await spawn(
-        "run",
-        str(shared / "server.py"),
-        "--pidfile",
-        str(shared / "pid"),
-        env=child_env(shared),
-        argv=argv_as(uid),
-    )
-    await child.line("<runtime> running")
+    child = await running_with_a_pid_file(shared, spawn, uid)
     replacement = shared / "replacement"
     replacement.write_text("someone else's\n")
     replacement.replace(shared / "pid")  # root may, in a sticky directory
