@@ -54,10 +54,10 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
 from ._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot
 from ._manager import (
     LIFECYCLE_HOOKS,
+    PluginManager,
     close_match,
     looks_like,
     oversip_name,
@@ -138,13 +138,12 @@ class Plugins:
     warnings: list[str] = field(default_factory=list)
 
 
-class _PluginManager(pluggy.PluginManager):
+class _PluginManager(PluginManager):
     """``get_plugin_manager()``'s manager that also takes the server file's unmarked hook
     functions, and, given ``only``, sees no hook but that one."""
 
     def __init__(self, only: str | None = None) -> None:
-        super().__init__(hookspecs.PROJECT_NAME)
-        self.add_hookspecs(hookspecs)
+        super().__init__()
         self._only = only
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:

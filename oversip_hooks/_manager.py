@@ -1,27 +1,72 @@
 # Validation runs before anything starts and refuses, rather than ignores, what pluggy
-# would accept but our runtime cannot honour: a wrapper (the runtime calls implementations
-# one at a time, so there is no call for a wrapper to wrap), tryfirst/trylast on
+# would accept but our runtime cannot honour: a wrapper of a lifecycle hook (the runtime
+# calls those implementations one at a time, so there is no call for a wrapper to wrap;
+# extension hooks take wrappers, sync or async), an old-style `hookwrapper`, tryfirst/trylast on
 # `terminated`, whose order is by rule the reverse of `started`'s (and on `lifespan`, which
 # runs in the plugin's own turns), a generator (a hook with `yield`: calling it only
 # creates the generator, so its body would never run; `lifespan` alone must be one), and a
 # keyword-only parameter (pluggy passes only the positional ones it names, so the call
 # would fail, or the argument never arrive).
+#
+# Extension hooks are declared by the plugins themselves, in an attribute
+# `extension_hooks` (a class or module of `@hookspec` functions), and added to the manager
+# when it is validated, once every plugin is registered: so the order in which the
+# declaring and the implementing plugins were registered does not matter, and a plugin
+# needs no hook of its own to declare some. Rejected: a `pytest_addhooks`-like hook,
+# which only sees the plugins registered after it and is one more hook to get wrong.
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import types
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from ._fatal import printable
 from ._order import check_declarations
 
 LIFECYCLE_HOOKS = ("initialize", "lifespan", "started", "reload", "terminated")
+EXTENSION_HOOKS_ATTRIBUTE = "extension_hooks"
 
 
-def get_plugin_manager() -> pluggy.PluginManager:
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with the lifecycle hook specifications added, which also takes
+    async generator wrappers (pluggy takes only sync ones; the runtime calls both) and
+    counts its registrations, so that the runtime can keep each hook's call order until
+    a plugin comes or goes."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        self.generation += 1
+        return super().register(plugin, name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        self.generation += 1
+        return super().unregister(plugin, name)
+
+    def add_hookspecs(self, module_or_class: types.ModuleType | type) -> None:
+        self.generation += 1
+        super().add_hookspecs(module_or_class)
+
+    def _verify_hook(self, hook: pluggy.HookCaller, hookimpl: pluggy.HookImpl) -> None:
+        if hookimpl.wrapper and inspect.isasyncgenfunction(hookimpl.function):
+            # pluggy's checks but its "not a generator function", which it is not to pluggy
+            opts = pluggy.HookimplOpts(**{**hookimpl.opts, "wrapper": False})
+            hookimpl = pluggy.HookImpl(
+                hookimpl.plugin, hookimpl.plugin_name, hookimpl.function, opts
+            )
+        super()._verify_hook(hook, hookimpl)
+
+
+def get_plugin_manager() -> PluginManager:
     """A fresh plugin manager with the lifecycle hook specifications added.
 
     Example::
@@ -30,9 +75,79 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm.register(my_module, name="my_module")
         status = trio.run(Runtime(pm).run)
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    return pm
+    return PluginManager()
+
+
+def declare_extension_hooks(pm: pluggy.PluginManager) -> None:
+    """Add to ``pm`` the hook specifications that its plugins declare in their
+    ``extension_hooks`` attribute; those already added are left alone.
+
+    Raises:
+        pluggy.PluginValidationError: naming the plugin, when its ``extension_hooks``
+            holds no ``@hookspec`` function, declares a hook that another plugin or the
+            lifecycle declares already, or asks for ``historic``.
+    """
+    for name, plugin in pm.list_name_plugin():
+        namespace = getattr(plugin, EXTENSION_HOOKS_ATTRIBUTE, None)
+        if plugin is None or namespace is None:
+            continue
+        where = f"plugin {name!r}"
+        specs = [hook for hook in dir(namespace) if pm.parse_hookspec_opts(namespace, hook)]
+        if not specs:
+            raise pluggy.PluginValidationError(
+                plugin,
+                f"{where}: its {EXTENSION_HOOKS_ATTRIBUTE} ({printable(namespace)}) has no "
+                "function marked @hookspec",
+            )
+        new = []
+        for hook in specs:
+            opts = pm.parse_hookspec_opts(namespace, hook)
+            if opts is not None and opts.get("historic"):
+                raise pluggy.PluginValidationError(
+                    plugin,
+                    f"{where}: extension hook {hook!r} is marked historic; the runtime calls "
+                    "hooks only once every plugin is registered, so historic is not supported",
+                )
+            caller = getattr(pm.hook, hook, None)
+            if caller is None or not caller.has_spec():
+                new.append(hook)
+            elif caller.spec.namespace is not namespace:
+                owner = _declarer(pm, caller.spec.namespace) or "oversip_hooks' lifecycle"
+                raise pluggy.PluginValidationError(
+                    plugin,
+                    f"{where} declares hook {hook!r}, which {owner!r} declares already",
+                )
+        if new:
+            pm.add_hookspecs(namespace)  # a class or a module: it has @hookspec functions
+
+
+def declared_hooks(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Each extension hook of ``pm``, in the order of their names, with the name of the
+    plugin that declares it.
+
+    Example::
+
+        >>> declared_hooks(pm)
+        {'health_check': 'health'}
+    """
+    found = {}
+    for hook, caller in sorted(vars(pm.hook).items()):
+        if hook.startswith("_") or not caller.has_spec() or hook in LIFECYCLE_HOOKS:
+            continue
+        found[hook] = _declarer(pm, caller.spec.namespace) or "?"
+    return found
+
+
+def _declarer(pm: pluggy.PluginManager, namespace: object) -> str | None:
+    for name, plugin in pm.list_name_plugin():
+        if getattr(plugin, EXTENSION_HOOKS_ATTRIBUTE, None) is namespace:
+            return name
+    return None
+
+
+def known_hooks(pm: pluggy.PluginManager) -> list[str]:
+    """The lifecycle hooks, then the extension hooks of ``pm``."""
+    return [*LIFECYCLE_HOOKS, *declared_hooks(pm)]
 
 
 def readable_name(pm: pluggy.PluginManager, plugin: object) -> str:
@@ -49,7 +164,7 @@ def readable_name(pm: pluggy.PluginManager, plugin: object) -> str:
 
 
 def spec_argnames(hook: str) -> tuple[str, ...]:
-    """The arguments that ``hook`` passes to its implementations."""
+    """The arguments that the lifecycle hook ``hook`` passes to its implementations."""
     return tuple(inspect.signature(getattr(hookspecs, hook)).parameters)
 
 
@@ -130,35 +245,41 @@ def plain_impl_opts() -> pluggy.HookimplOpts:
 
 
 def validate(pm: pluggy.PluginManager) -> None:
-    """Refuse any plugin whose hooks the runtime could not call as written.
+    """Refuse any plugin whose hooks the runtime could not call as written, once the
+    extension hooks that plugins declare are added (:func:`declare_extension_hooks`).
 
     Raises:
         pluggy.PluginValidationError: naming the plugin and the hook, for an unknown hook
             name (with a close match when there is one, and the hook to use for OverSIP's
-            ``on_started`` and the like), a wrapper, tryfirst/trylast on ``terminated``, a
-            generator (a hook with ``yield``, whose body would never run), a keyword-only
-            parameter, or two implementations of one hook in one plugin. Arguments
-            missing from a spec are refused by pluggy itself, at ``pm.register``.
+            ``on_started`` and the like), a wrapper of a lifecycle hook, an old-style
+            ``hookwrapper``, tryfirst/trylast on ``terminated``, a generator (a hook with
+            ``yield``, whose body would never run), a keyword-only parameter, two
+            implementations of one hook in one plugin, or an argument that the hook's
+            specification does not have.
     """
+    declare_extension_hooks(pm)
+    known = known_hooks(pm)
     for name, caller in vars(pm.hook).items():
         if name.startswith("_"):
             continue
         seen: set[str] = set()
         for impl in caller.get_hookimpls():
-            _check_impl(name, impl, has_spec=caller.has_spec())
+            _check_impl(name, impl, caller, known)
             if impl.plugin_name in seen:
                 raise pluggy.PluginValidationError(
                     impl.plugin,
                     f"plugin {impl.plugin_name!r} implements hook {name!r} twice (through "
-                    "specname); a plugin has one implementation of each lifecycle hook",
+                    "specname); a plugin has one implementation of each hook",
                 )
             seen.add(impl.plugin_name)
     check_declarations(pm)  # requires/after (_order.py): last, once every hook is valid
 
 
-def _check_impl(hook: str, impl: pluggy.HookImpl, *, has_spec: bool) -> None:
+def _check_impl(
+    hook: str, impl: pluggy.HookImpl, caller: pluggy.HookCaller, known: Sequence[str]
+) -> None:
     where = f"plugin {impl.plugin_name!r}"
-    if not has_spec:
+    if caller.spec is None:
         if impl.optionalhook:
             return
         instead = oversip_name(hook)
@@ -168,17 +289,40 @@ def _check_impl(hook: str, impl: pluggy.HookImpl, *, has_spec: bool) -> None:
                 f"{where}: unknown hook {hook!r}: OverSIP's {hook} is {instead!r} here; "
                 f"rename it to {instead}",
             )
-        close = close_match(hook, LIFECYCLE_HOOKS)
-        hint = f"; did you mean {close!r}?" if close else ""
+        close = close_match(hook, known)
+        hint = (
+            f"; did you mean {close!r}?"
+            if close
+            else "; an extension hook of a module that may not be installed is marked "
+            "@hookimpl(optionalhook=True)"
+        )
         raise pluggy.PluginValidationError(
             impl.plugin,
-            f"{where}: unknown hook {hook!r}{hint} (the hooks are {', '.join(LIFECYCLE_HOOKS)})",
+            f"{where}: unknown hook {hook!r}{hint} (the hooks are {', '.join(known)})",
         )
-    if impl.wrapper or impl.hookwrapper:
+    lifecycle = hook in LIFECYCLE_HOOKS
+    if impl.hookwrapper:
+        raise pluggy.PluginValidationError(
+            impl.plugin,
+            f"{where}: hook {hook!r} is marked hookwrapper=True, pluggy's old style; "
+            "mark it wrapper=True and return the result from the generator",
+        )
+    function = impl.function
+    generator = any(
+        inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        for fn in (function, inspect.unwrap(function))
+    )
+    if impl.wrapper and lifecycle:
         raise pluggy.PluginValidationError(
             impl.plugin,
             f"{where}: hook {hook!r} is marked as a wrapper; lifecycle hooks are called one "
             "at a time, so wrappers are not supported",
+        )
+    if impl.wrapper and not generator:
+        raise pluggy.PluginValidationError(
+            impl.plugin,
+            f"{where}: hook {hook!r} is marked as a wrapper but does not yield; a wrapper "
+            "is a generator that yields once, where the implementations run",
         )
     if hook in ("terminated", "lifespan") and (impl.tryfirst or impl.trylast):
         raise pluggy.PluginValidationError(
@@ -186,7 +330,6 @@ def _check_impl(hook: str, impl: pluggy.HookImpl, *, has_spec: bool) -> None:
             f"{where}: hook {hook!r} is marked tryfirst/trylast; it runs in the plugin's "
             "started and terminated turns, so mark 'started' instead",
         )
-    function = impl.function
     if hook == "lifespan":
         if not inspect.isasyncgenfunction(inspect.unwrap(function)):
             raise pluggy.PluginValidationError(
@@ -194,17 +337,19 @@ def _check_impl(hook: str, impl: pluggy.HookImpl, *, has_spec: bool) -> None:
                 f"{where}: hook 'lifespan' must be an async generator that yields once "
                 "(async def lifespan(runtime): ...; yield; ...)",
             )
-    elif any(
-        inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
-        for fn in (function, inspect.unwrap(function))
-    ):
+    elif generator and not impl.wrapper:
         raise pluggy.PluginValidationError(
             impl.plugin,
             f"{where}: hook {hook!r} is a generator (it contains 'yield'), so calling it "
-            "would never run its body; generators are refused as lifecycle hooks: remove "
-            "the 'yield'",
+            "would never run its body; generators are refused as "
+            + (
+                "lifecycle hooks: remove the 'yield'"
+                if lifecycle
+                else "extension hook implementations: remove the 'yield', or mark it "
+                "@hookimpl(wrapper=True) if it is meant to wrap the call"
+            ),
         )
-    keyword_only = _keyword_only(function, spec_argnames(hook))
+    keyword_only = _keyword_only(function, caller.spec.argnames)
     if keyword_only:
         first = keyword_only[0]
         raise pluggy.PluginValidationError(

@@ -33,8 +33,8 @@ from typing import NoReturn
 
 import trio
 
+from ._events import RuntimeState
 from ._logging import emit
-from ._runtime import RuntimeState
 from ._settings import LARGEST_PID, ConfigError, parse_int, shown
 
 LOG_ID = "systemd"

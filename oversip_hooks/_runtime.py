@@ -1,9 +1,8 @@
-# The runtime calls each hook implementation itself, one at a time, instead of calling
-# `pm.hook.started()`: pluggy runs implementations last-registered-first, stops at the first
-# that raises, and cannot await. OverSIP's rules need registration order, per-implementation
-# error handling (a failing `reload` must not stop the next one) and a record of which
-# plugins have started, so pluggy is used for what it is good at (markers, specs, argument
-# validation, tryfirst/trylast) and the calling is done here.
+# This module holds the lifecycle's rules, in README's order (`_lifecycle` and the methods
+# it calls), and what enforces them: stop, drain and reload requests, signals, the
+# shutdown's deadline. Calling an implementation is `_callers.py`'s (one path for lifecycle
+# and extension hooks), the call order `_order.py`'s, what observers are told `_events.py`'s,
+# services `_services.py`'s.
 #
 # Everything before shutdown runs inside one cancel scope, `_until_stop`; a stop request,
 # `fatal()` from a service and a startup timeout all end the running phase by cancelling
@@ -17,17 +16,12 @@
 # `GRACE` seconds after its deadline (or after a second stop signal), it logs what is
 # still running and calls `on_overrun`, with which the command ends the process.
 #
-# Services run in the runtime's nursery, each in a cancel scope recorded under the plugin
-# that started it (a context variable set while a plugin's hook runs, inherited by the
-# tasks and worker threads it starts). A service catches its own errors and turns them into
-# a failure of the runtime, so the nursery never tears the lifecycle down underneath
-# `terminated`.
+# Services (`_services.py`) run in the runtime's nursery, each recorded under the plugin
+# that started it, and are closed in that plugin's turn of the shutdown.
 
 from __future__ import annotations
 
 import collections
-import enum
-import inspect
 import math
 import os
 import signal
@@ -36,8 +30,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
-from contextvars import Context, ContextVar
-from dataclasses import dataclass, field
+from contextvars import Context
 from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple, TypedDict, TypeVarTuple, Unpack, cast
@@ -47,54 +40,43 @@ import trio
 from loguru import logger
 
 from ._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot, using
-from ._fatal import FatalError, printable
-from ._logging import (
-    add_console_sink,
-    begin_lifecycle_code,
-    begin_service_code,
-    emit,
-    end_lifecycle_code,
-    lifecycle_code,
+from ._callers import (
+    Calling,
+    HookRelay,
+    current_plugin,
+    fork_generation,
+    is_cancellation,
+    is_fatal,
+    leaf_exceptions,
 )
-from ._manager import LIFECYCLE_HOOKS, get_plugin_manager, readable_name, validate
+from ._events import (
+    LOG_ID,
+    LoopBlocked,
+    Observer,
+    Observers,
+    RuntimeState,
+    ShutdownOverran,
+    StateChanged,
+)
+from ._fatal import FatalError, printable
+from ._logging import add_console_sink, emit, lifecycle_code
+from ._manager import (
+    LIFECYCLE_HOOKS,
+    declare_extension_hooks,
+    declared_hooks,
+    get_plugin_manager,
+    readable_name,
+    validate,
+)
 from ._modules import active_plugin_manager
 from ._order import TRYFIRST, TRYLAST, UNMARKED, declared, ordered
+from ._services import Service, Services, name_of
 from ._signals import HANDLED_SIGNALS, STOP_SIGNALS, signals_caught
 from ._watchdog import GRACE, Watchdog
 
-LOG_ID = "runtime"
 _ACTED_ON = frozenset((signal.SIGHUP, *STOP_SIGNALS))
 
 _Ts = TypeVarTuple("_Ts")
-_Before = Callable[[str, str, dict[str, object]], object]
-_After = Callable[[BaseException | None, str, str, dict[str, object]], object]
-
-# The plugin whose hook, service or worker thread is running; services belong to it.
-_current_plugin: ContextVar[str | None] = ContextVar("oversip_hooks_plugin", default=None)
-
-# Counts the forks this process is the child of: a child that a hook forked and that
-# returns into the runtime is ended there, rather than run a second copy of the services.
-_fork_generation = 0
-
-
-def _count_fork() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_count_fork)
-
-
-class RuntimeState(enum.Enum):
-    """Where a :class:`Runtime` is in its lifecycle."""
-
-    CREATED = "created"
-    INITIALIZING = "initializing"
-    STARTING = "starting"
-    RUNNING = "running"
-    RELOADING = "reloading"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
 
 
 class _Turn(NamedTuple):
@@ -104,48 +86,16 @@ class _Turn(NamedTuple):
     impls: list[pluggy.HookImpl]
 
 
-@dataclass(eq=False)
-class _Service:
-    name: str
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
-
-
 class LifespanError(Exception):
     """A ``lifespan`` that did not yield exactly once."""
 
 
-class _TaskStatus:
-    """Forwards ``started()`` and remembers that it was called."""
-
-    def __init__(self, inner: trio.TaskStatus[Any]) -> None:
-        self._inner = inner
-        self.reported = False
-
-    def started(self, value: object = None) -> None:
-        self.reported = True
-        self._inner.started(value)
-
-
-def leaf_exceptions(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` itself, or the exceptions inside it when it is a group, at any depth."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from leaf_exceptions(inner)
-    else:
-        yield exc
-
-
-def is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` is trio's ``Cancelled``, alone or in a group."""
-    return all(isinstance(leaf, trio.Cancelled) for leaf in leaf_exceptions(exc))
-
-
-def _check_timeout(name: str, value: object) -> float:
+def _check_timeout(name: str, value: object, *, zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    if math.isnan(value) or value < 0 or (value == 0 and not zero):
+        kind = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+        raise ValueError(f"{name} must be {kind}, not {value!r}")
     return float(value)
 
 
@@ -167,6 +117,14 @@ class Runtime:
             ``GRACE`` (1) second after its deadline or after a second stop signal, once
             the crit line naming what still runs has been logged. The command and
             :func:`run` pass one that ends the process with status 1.
+        trace_hooks: log one debug line for every hook call, extension hooks included:
+            hook, plugin, duration, and what it raised.
+        slow_hook_threshold: seconds over which a lifecycle hook call is logged at
+            notice ("started of 'sqlite' took 2.3 s") rather than debug; ``None``: never.
+        drain: seconds to keep running, in the state ``DRAINING``, between a stop
+            request and the first ``terminated``, for load balancers to stop sending
+            traffic; a second stop signal ends it early. The shutdown timeout counts
+            from its end. Only after a complete start, and not on an error.
 
     Raises:
         TypeError, ValueError: for an argument of the wrong type or value.
@@ -188,6 +146,9 @@ class Runtime:
         blocked_loop_threshold: float | None = 1.0,
         callbacks: CallbackRegistry | None = None,
         on_overrun: Callable[[], object] | None = None,
+        trace_hooks: bool = False,
+        slow_hook_threshold: float | None = 1.0,
+        drain: float = 0.0,
     ) -> None:
         if pm is None:
             pm = get_plugin_manager()
@@ -210,12 +171,30 @@ class Runtime:
             if blocked_loop_threshold is None
             else _check_timeout("blocked_loop_threshold", blocked_loop_threshold)
         )
+        self.drain = _check_timeout("drain", drain, zero=True)
         self._callbacks = callbacks
         self._on_overrun = on_overrun
         self._state = RuntimeState.CREATED
         self._ran = False
-        self._state_listeners: list[Callable[[RuntimeState], object]] = []
-        self._monitors: list[tuple[_Before, _After]] = []
+        self._observers = Observers()
+        # What each frame of a hook call or a service in progress belongs to, for the
+        # watchdog to say what blocks the loop or what the shutdown is waiting for.
+        self._running: dict[FrameType, tuple[str | None, str]] = {}
+        self._calling = Calling(
+            self,
+            lambda hook: [turn.impls for turn in self._schedule(hook)],
+            self._observers,
+            self._running,
+            self._fatal_in_extension_hook,
+        )
+        self._calling.trace = bool(trace_hooks)
+        self._calling.slow_threshold = (
+            None
+            if slow_hook_threshold is None
+            else _check_timeout("slow_hook_threshold", slow_hook_threshold)
+        )
+        self.hooks = HookRelay(self._calling, pm)
+        """The extension hooks, to call: ``await runtime.hooks.<name>(...)``."""
         self._errors: list[BaseException] = []
         self._error = False  # the way down is unexpected: `terminated` gets error=True
         self._failed = False  # the exit status is 1
@@ -228,30 +207,30 @@ class Runtime:
         self._stop_time: float | None = None  # trio's clock, when asked in its thread
         self._stop_monotonic: float | None = None
         self._abandon_shutdown = trio.CancelScope()
+        self._end_drain = trio.CancelScope()
         self._reload_wanted = trio.Event()
-        self._signals_handled = False
         self._stop_signals = 0
-        self._signals_received: collections.deque[tuple[int, int]] = collections.deque()
+        # A stop now would drain first (running, with a drain); a second stop signal
+        # then ends the drain, once, and the next one abandons the shutdown.
+        self._drain_due = False
+        self._drain_cut = False
+        self._abandoning = False
+        self._signals_received: collections.deque[tuple[int, str]] = collections.deque()
         self._reload_signal_pending = False
         self._act_on_signals_soon = False
         self._started: list[str] = []
         self._turn: tuple[str, str] | None = None  # (plugin, hook) being called
-        # What each frame of a hook call or a service in progress belongs to, for the
-        # watchdog to say what blocks the loop or what the shutdown is waiting for.
-        self._running: dict[FrameType, tuple[str | None, str]] = {}
-        self._services: dict[str | None, set[_Service]] = {}
-        self._closed_owners: set[str | None] = set()
+        self._services = Services(self._running, self._service_failed, fork_generation())
         self._interrupted: KeyboardInterrupt | None = None
         # Each lifespan set up and not torn down yet: its task, and what tells it to end.
-        self._lifespans: dict[str, tuple[_Service, trio.Event]] = {}
+        self._lifespans: dict[str, tuple[Service, trio.Event]] = {}
         # The start ends once: completed, failed, or timed out by the loop or the watchdog.
         self._startup_lock = threading.Lock()
         self._startup_settled = False
         self._watchdog: Watchdog | None = None
-        self._nursery: trio.Nursery | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._trio_thread: int | None = None
-        self._fork_generation = _fork_generation
+        self._fork_generation = fork_generation()
 
     # -- public API ---------------------------------------------------------------------
 
@@ -273,31 +252,46 @@ class Runtime:
         ran out of time."""
         return list(self._errors)
 
-    def add_state_listener(self, listener: Callable[[RuntimeState], object]) -> None:
-        """Call ``listener(state)`` in the runtime's thread at each change of state.
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for (or the runtime is going down on an error): from
+        that instant on, the runtime is not ready for new work."""
+        return self._stop_requested
+
+    def add_observer(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer(event)`` for each event of the runtime (``_events.py``):
+        ``StateChanged``, ``HookCallStarted`` and ``HookCallEnded`` for every hook call,
+        extension hooks included, ``ShutdownOverran``, in the runtime's thread, and
+        ``LoopBlocked``, from the watchdog's thread. An observer that raises is logged
+        at crit and removed; it never breaks the runtime.
+
+        Returns:
+            A function that removes the observer.
+
+        Raises:
+            TypeError: ``observer`` is not callable.
+
+        Example::
+
+            runtime.add_observer(lambda event: print(event))
+        """
+        return self._observers.add(observer)
+
+    def add_state_listener(self, listener: Callable[[RuntimeState], object]) -> Callable[[], None]:
+        """Call ``listener(state)`` at each change of state: :meth:`add_observer` for
+        ``StateChanged`` events alone.
 
         Raises:
             TypeError: ``listener`` is not callable.
         """
         if not callable(listener):
             raise TypeError(f"listener must be callable, not {type(listener).__name__}")
-        self._state_listeners.append(listener)
+        return self._observers.add(_StateListener(listener))
 
-    def add_call_monitor(self, before: _Before, after: _After) -> Callable[[], None]:
-        """Watch every call of a hook implementation, as pluggy's
-        ``add_hookcall_monitoring`` does for a whole hook.
-
-        Args:
-            before: called as ``before(hook, plugin_name, kwargs)`` just before.
-            after: called as ``after(outcome, hook, plugin_name, kwargs)`` just after,
-                ``outcome`` being what the implementation raised, or ``None``.
-
-        Returns:
-            A function that removes the monitor.
-        """
-        monitor = (before, after)
-        self._monitors.append(monitor)
-        return lambda: self._monitors.remove(monitor)
+    def services_running(self) -> dict[str, int]:
+        """How many services each plugin has running now (``"runtime"`` for those started
+        outside any plugin), for metrics."""
+        return {owner or LOG_ID: count for owner, count in self._services.counts().items()}
 
     def hook_order(self, hook: str) -> list[str]:
         """The plugins that implement ``hook``, in the order the runtime will call them
@@ -305,15 +299,18 @@ class Runtime:
         the callbacks registered so far.
 
         Raises:
-            ValueError: ``hook`` is not a lifecycle hook.
+            ValueError: ``hook`` is neither a lifecycle hook nor an extension hook that a
+                plugin declares.
 
         Example::
 
             >>> runtime.hook_order("terminated")
             ['server', 'sqlite', 'SystemCallbacks']
         """
-        if hook not in LIFECYCLE_HOOKS:
-            raise ValueError(f"no lifecycle hook named {hook!r}; the hooks are {LIFECYCLE_HOOKS}")
+        declare_extension_hooks(self.pm)
+        if hook not in LIFECYCLE_HOOKS and hook not in declared_hooks(self.pm):
+            known = [*LIFECYCLE_HOOKS, *declared_hooks(self.pm)]
+            raise ValueError(f"no hook named {hook!r}; the hooks are {', '.join(known)}")
         if hook == "terminated":
             every_plugin = [turn.plugin_name for turn in self._schedule("started")]
             turns = self._termination_turns(every_plugin)
@@ -369,18 +366,23 @@ class Runtime:
             if self._reload_signal_pending:
                 return  # coalesced, as the reloads it asks for would be
             self._reload_signal_pending = True
-            ordinal = 0
+            action = "reload"
         else:
-            ordinal = self._stop_signals = self._stop_signals + 1
-            if ordinal == 1:
+            self._stop_signals += 1
+            if self._stop_signals == 1:
+                action = "stop"
                 self._stop_requested = True
                 self._note_stop()
-            elif ordinal == 2:
-                self._failed = True
+            elif self._drain_due and not self._drain_cut:
+                action = "end the drain"
+                self._drain_cut = True
+            elif not self._abandoning:
+                action = "abandon"
+                self._abandoning = self._failed = True
                 self._cut_shutdown_short()
             else:
                 return  # the shutdown is already cut short
-        self._signals_received.append((signum, ordinal))
+        self._signals_received.append((signum, action))
         if self._act_on_signals_soon or self._trio_token is None:
             return
         self._act_on_signals_soon = True
@@ -400,12 +402,7 @@ class Runtime:
         Raises:
             RuntimeError: the runtime is not running.
         """
-        nursery = self._services_nursery()
-        owner = _current_plugin.get()
-        service = self._new_service(owner, async_fn)
-        nursery.start_soon(
-            self._host_service, owner, service, async_fn, args, False, name=service.name
-        )
+        self._services.start_soon(async_fn, args)
 
     async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> Any:
         """Start a service as :meth:`start_soon` does, and wait until it reports itself
@@ -415,12 +412,7 @@ class Runtime:
             RuntimeError: the runtime is not running.
             Exception: whatever the service raised before it reported ready.
         """
-        nursery = self._services_nursery()
-        owner = _current_plugin.get()
-        service = self._new_service(owner, async_fn)
-        return await nursery.start(
-            self._host_service, owner, service, async_fn, args, True, name=service.name
-        )
+        return await self._services.start(async_fn, args)
 
     async def run(self) -> int:
         """Run the whole lifecycle; return the exit status: 0 clean stop, 1 error.
@@ -446,6 +438,7 @@ class Runtime:
         self._callbacks = self._callbacks_registry().copy()
         self._trio_token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
+        self.hooks.attach(self._trio_token)
         self._watchdog = Watchdog(
             self._trio_token,
             blocked_threshold=self.blocked_loop_threshold,
@@ -458,11 +451,12 @@ class Runtime:
             with using(self._callbacks), self._signals_attached():
                 try:
                     async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
+                        self._services.nursery = nursery
                         await self._lifecycle()
                         nursery.cancel_scope.cancel()
                 finally:
-                    self._nursery = None
+                    self._services.nursery = None
+                    self.hooks.attach(None)
                     self._set_state(RuntimeState.STOPPED)
                     self._watchdog.close()
                     if self._failed and not self._announced_failure:
@@ -501,6 +495,7 @@ class Runtime:
                         # 3. Reloads, one at a time, until a stop; requests made during
                         #    startup or during a reload are coalesced into one more.
                         emit(LOG_ID, "notice", "running")
+                        self._drain_due = self.drain > 0
                         self._set_state(RuntimeState.RUNNING)
                         while True:
                             await self._reload_wanted.wait()
@@ -511,13 +506,30 @@ class Runtime:
                                 break  # stopped from within the reload: not running again
                             self._set_state(RuntimeState.RUNNING)
         finally:
-            # 4. `terminated` exactly once for each plugin whose `started` completed, in
+            # 4. A requested stop of a running runtime first drains: everything keeps
+            #    running `drain` seconds (a second stop signal ends it sooner). Then
+            #    `terminated` exactly once for each plugin whose `started` completed, in
             #    the reverse order, whatever the way down, a cancellation from outside or a
             #    KeyboardInterrupt included; 6. then that plugin's services are cancelled.
-            #    The shutdown is bounded from the stop request, by the watchdog when plugin
-            #    code keeps the loop from bounding it.
+            #    The shutdown is bounded from the stop request (or the drain's end), by the
+            #    watchdog when plugin code keeps the loop from bounding it.
             with trio.CancelScope(shield=True):
+                await self._drain()
                 await self._shut_down()
+
+    async def _drain(self) -> None:
+        if not (self._drain_due and self._stop_requested and not self._error):
+            self._drain_due = False
+            return
+        self._set_state(RuntimeState.DRAINING)
+        emit(LOG_ID, "notice", f"draining for {self.drain:g} s before terminating")
+        self._act_on_signals()  # a second stop signal that came already ends it at once
+        with self._end_drain:
+            await trio.sleep(self.drain)
+        self._drain_due = False
+        if not self._abandoning:  # the shutdown timeout counts from here
+            self._stop_monotonic = None
+            self._note_stop()
 
     async def _run_started(self) -> bool:
         deadline = trio.current_time() + self.startup_timeout
@@ -581,7 +593,7 @@ class Runtime:
                 error = await self._call("reload", impl)
                 if error is not None:
                     self._report(error, turn.plugin_name, "reload", impl)
-                    if _is_fatal(error):
+                    if is_fatal(error):
                         self._fail()
                         return
         emit(LOG_ID, "info", "reloaded")
@@ -609,7 +621,7 @@ class Runtime:
                 # Within the plugin: `terminated` first, then its lifespan's teardown.
                 await self._end_lifespan(turn.plugin_name, deadline)
                 await self._close_services(turn.plugin_name, deadline)
-            for owner in list(self._services):
+            for owner in self._services.owners():
                 await self._close_services(owner, deadline)
 
     async def _terminate(self, plugin_name: str, impl: pluggy.HookImpl, deadline: float) -> None:
@@ -645,26 +657,19 @@ class Runtime:
         """Run a lifespan's setup, up to its ``yield``, in a task of its own, so that the
         nurseries and cancel scopes it opens may stay open across the ``yield`` (trio's
         rule: a scope is exited by the task that entered it). Return what it raised."""
-        service = self._new_service(plugin_name, impl.function)
-        service.name = "lifespan"
+        service = self._services.new(plugin_name, "lifespan")
         ending = trio.Event()
-        token = _current_plugin.set(plugin_name)
+        token = current_plugin.set(plugin_name)
         try:
-            await self._services_nursery().start(
-                self._host_service,
-                plugin_name,
-                service,
-                self._live,
-                (plugin_name, impl, ending),
-                True,
-                name=f"{plugin_name}: lifespan",
+            await self._services.start_as(
+                plugin_name, service, self._live, (plugin_name, impl, ending)
             )
         except BaseException as exc:
             if is_cancellation(exc):
                 raise
             return exc
         finally:
-            _current_plugin.reset(token)
+            current_plugin.reset(token)
         self._lifespans[plugin_name] = (service, ending)
         return None
 
@@ -717,7 +722,7 @@ class Runtime:
             await service.done.wait()
         if scope.cancelled_caught:
             service.scope.cancel()
-            self._services.get(plugin_name, set()).discard(service)
+            self._services.forget(plugin_name, service)
             self._shutdown_timed_out(f"lifespan of {plugin_name!r} cancelled")
 
     # -- calling implementations --------------------------------------------------------
@@ -750,36 +755,7 @@ class Runtime:
     async def _call(
         self, hook: str, impl: pluggy.HookImpl, **kwargs: object
     ) -> BaseException | None:
-        """Call one implementation; return what it raised, but for the runtime's own
-        cancellation, which goes on up. A KeyboardInterrupt is the implementation's
-        failure when the runtime handles SIGINT (a real Ctrl-C never raises one then),
-        and goes on up otherwise."""
-        kwargs["runtime"] = self
-        for before, _ in self._monitors:
-            before(hook, impl.plugin_name, kwargs)
-        outcome: BaseException | None = None
-        token = _current_plugin.set(impl.plugin_name)
-        in_hook = begin_lifecycle_code()  # log_<level>() raises until the call is over
-        frame = sys._getframe()
-        self._running[frame] = (impl.plugin_name, hook)
-        try:
-            result = impl.function(*[kwargs[name] for name in impl.argnames])
-            if result is not None and inspect.isawaitable(result):
-                await result
-        except BaseException as exc:
-            outcome = exc
-            if is_cancellation(exc) or (
-                isinstance(exc, KeyboardInterrupt) and not self._signals_handled
-            ):
-                raise
-        finally:
-            del self._running[frame]
-            self._leave_if_forked_child()
-            end_lifecycle_code(in_hook)
-            _current_plugin.reset(token)
-            for _, after in self._monitors:
-                after(outcome, hook, impl.plugin_name, kwargs)
-        return outcome
+        return await self._calling.call_one(hook, impl, kwargs)
 
     # -- failures -----------------------------------------------------------------------
 
@@ -790,13 +766,26 @@ class Runtime:
         where: str,
         impl: pluggy.HookImpl | None = None,
     ) -> None:
+        if any(error is reported for reported in self._errors):
+            return  # a fatal() in an extension hook, reported as its plugin's already
         self._errors.append(error)
         log_id = self._log_id_of(plugin_name, impl)
         for leaf in leaf_exceptions(error):
+            if any(leaf is reported for reported in self._errors[:-1]):
+                continue
             if isinstance(leaf, FatalError):
                 emit(log_id, "crit", leaf.message, exception=leaf.error)
             elif not isinstance(leaf, trio.Cancelled):
                 emit(log_id, "crit", f"{where} failed: {printable(leaf)}", exception=leaf)
+
+    def _fatal_in_extension_hook(self, error: BaseException, plugin_name: str) -> None:
+        """A ``fatal()`` in an extension hook implementation is its plugin's, whoever
+        called the hook: reported as that plugin's, and fatal to the runtime."""
+        self._report(error, plugin_name, "fatal")
+        for leaf in leaf_exceptions(error):
+            if leaf is not error:
+                self._errors.append(leaf)  # what the caller re-raises is not reported again
+        self._fail()
 
     def _fail(self) -> None:
         """End the running phase with error=True, or just mark the exit status during
@@ -810,6 +799,7 @@ class Runtime:
         self._stop_requested = True
         self._note_stop()
         self._until_stop.cancel()
+        self._end_drain.cancel()
 
     def _past(self, deadline: float) -> bool:
         return trio.current_time() >= deadline
@@ -862,6 +852,7 @@ class Runtime:
             f"{what}: the shutdown timeout of {self.shutdown_timeout:g} s ran out",
         )
         self._failed = True
+        self._observers.send(ShutdownOverran(what, abandoned=False))
 
     def _note_stop(self) -> None:
         """Start the shutdown's clock at the first stop request, and the watchdog's."""
@@ -871,8 +862,9 @@ class Runtime:
         if self._trio_thread is not None and threading.get_ident() == self._trio_thread:
             self._stop_time = trio.current_time()
         if self._watchdog is not None:
+            drain = self.drain if self._drain_due else 0.0
             self._watchdog.set_alarm(
-                self._stop_monotonic + self.shutdown_timeout + GRACE,
+                self._stop_monotonic + drain + self.shutdown_timeout + GRACE,
                 lambda: self._overran(
                     f"the shutdown did not end within the shutdown timeout of "
                     f"{self.shutdown_timeout:g} s and {GRACE:g} s of grace"
@@ -899,6 +891,7 @@ class Runtime:
         still = "; ".join(self._still_running()) or "nothing that a plugin owns"
         ending = "ending the process" if self._on_overrun else "Runtime.run() waits for them"
         emit(LOG_ID, "crit", f"{reason}; still running: {still}; {ending}")
+        self._observers.send(ShutdownOverran(reason, abandoned=False))
         with suppress(Exception):
             logger.complete()
             sys.stderr.flush()
@@ -906,6 +899,7 @@ class Runtime:
             self._on_overrun()
 
     def _report_blocked_loop(self, seconds: float) -> None:
+        self._observers.send(LoopBlocked(seconds))
         emit(
             LOG_ID,
             "warn",
@@ -942,11 +936,6 @@ class Runtime:
             )
         return [f"{name!r}: {', '.join(whats)}" for name, whats in by_plugin.items()]
 
-    def _leave_if_forked_child(self) -> None:
-        if _fork_generation != self._fork_generation:
-            os.write(2, b"oversip-hooks: a hook forked and the child returned to the runtime\n")
-            os._exit(1)
-
     # -- requests and signals -----------------------------------------------------------
 
     def _in_runtime_thread(self, request: Callable[[], None]) -> None:
@@ -972,19 +961,25 @@ class Runtime:
         order and a stop takes effect before the next implementation."""
         self._act_on_signals_soon = False
         while self._signals_received:
-            signum, ordinal = self._signals_received.popleft()
+            signum, action = self._signals_received.popleft()
             name = signal.Signals(signum).name
-            if signum == signal.SIGHUP:
+            if action == "reload":
                 self._reload_signal_pending = False
                 if not self._stop_requested:
                     emit(LOG_ID, "notice", f"{name} signal received, reloading...")
                     self._request_reload()
-            elif ordinal == 1:
+            elif action == "stop":
                 emit(LOG_ID, "notice", f"{name} signal received, exiting...")
                 self._request_stop()
+            elif action == "end the drain":
+                emit(LOG_ID, "notice", f"{name} signal received again, ending the drain")
+                self._end_drain.cancel()
             else:
                 emit(LOG_ID, "crit", f"{name} signal received again, abandoning the shutdown")
                 self._abandon_shutdown.cancel()
+                self._observers.send(
+                    ShutdownOverran(f"{name} signal received again", abandoned=True)
+                )
 
     @contextmanager
     def _signals_attached(self) -> Iterator[None]:
@@ -992,7 +987,7 @@ class Runtime:
             yield
             return
         with signals_caught() as catcher:
-            self._signals_handled = True
+            self._calling.signals_handled = True
             catcher.attach(self.signal_received)
             try:
                 yield
@@ -1001,76 +996,19 @@ class Runtime:
 
     # -- services -----------------------------------------------------------------------
 
-    def _services_nursery(self) -> trio.Nursery:
-        if self._nursery is None:
-            raise RuntimeError("services can only be started while the runtime is running")
-        return self._nursery
-
-    async def _host_service(
-        self,
-        owner: str | None,
-        service: _Service,
-        async_fn: Callable[..., Awaitable[object]],
-        args: tuple[object, ...],
-        reports_ready: bool,
-        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        _current_plugin.set(owner)
-        begin_service_code()  # a copy of its starter's context, but not lifecycle code
-        status = _TaskStatus(task_status)
-        frame = sys._getframe()
-        self._running[frame] = (owner, service.name)
-        try:
-            with service.scope:
-                if reports_ready:
-                    await async_fn(*args, task_status=status)
-                else:
-                    await async_fn(*args)
-        except BaseException as exc:
-            if is_cancellation(exc) or (reports_ready and not status.reported):
-                raise  # a start() that failed before it was ready raises in its caller
-            self._report(exc, owner, service.name)
-            self._fail()
-        finally:
-            del self._running[frame]
-            self._leave_if_forked_child()
-            self._services.get(owner, set()).discard(service)
-            service.done.set()
-
-    def _new_service(self, owner: str | None, async_fn: Callable[..., object]) -> _Service:
-        # Recorded before its task first runs, so that closing the owner's services
-        # right after `start_soon` still waits for this one.
-        service = _Service(f"service {_name_of(async_fn)}")
-        if owner in self._closed_owners:
-            service.scope.cancel()
-        self._services.setdefault(owner, set()).add(service)
-        return service
+    def _service_failed(self, error: BaseException, owner: str | None, name: str) -> None:
+        self._report(error, owner, name)
+        self._fail()
 
     async def _close_services(self, owner: str | None, deadline: float) -> None:
-        self._closed_owners.add(owner)
-        services = self._services.pop(owner, set())
-        for service in services:
-            service.scope.cancel()
-        with trio.CancelScope(deadline=deadline) as scope:
-            for service in services:
-                await service.done.wait()
-        if scope.cancelled_caught:
+        if not await self._services.close(owner, deadline):
             self._shutdown_timed_out(f"waiting for the services of {owner or LOG_ID!r}")
 
     # -- small helpers ------------------------------------------------------------------
 
     def _set_state(self, state: RuntimeState) -> None:
         self._state = state
-        for listener in self._state_listeners:
-            try:
-                listener(state)
-            except Exception as exc:  # an observer's bug must not take the lifecycle down
-                emit(
-                    LOG_ID,
-                    "crit",
-                    f"state listener {printable(listener)} failed: {printable(exc)}",
-                    exception=exc,
-                )
+        self._observers.send(StateChanged(state))
 
     def _log_id_of(self, plugin_name: str | None, impl: pluggy.HookImpl | None = None) -> str:
         """A plugin's own ``log_id`` (it may be a :class:`Logger`), else its name. For a
@@ -1089,17 +1027,25 @@ class Runtime:
         return self._callbacks
 
 
-def _name_of(function: object) -> str:
-    """``Pool.serve``: a function's qualified name without the functions it is local to."""
-    name = getattr(function, "__qualname__", None)
-    return name.rpartition("<locals>.")[2] if isinstance(name, str) else printable(function)
+class _StateListener:
+    """An observer that hands ``StateChanged`` events to a state listener."""
+
+    def __init__(self, listener: Callable[[RuntimeState], object]) -> None:
+        self._listener = listener
+
+    def __repr__(self) -> str:
+        return printable(self._listener)  # named as the listener when it fails
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, StateChanged):
+            self._listener(event.state)
 
 
 def _worker_threads() -> Iterator[tuple[str | None, str]]:
     """The plugin and function of each of trio's worker threads that runs a job now.
 
     trio copies the caller's context into the worker, so the plugin is the one the
-    `_current_plugin` variable names in the context that trio's `worker_fn` runs."""
+    `current_plugin` variable names in the context that trio's `worker_fn` runs."""
     for ident, frame in list(sys._current_frames().items()):
         if ident == threading.get_ident():
             continue
@@ -1113,13 +1059,9 @@ def _worker_threads() -> Iterator[tuple[str | None, str]]:
                 context = inner.f_locals.get("context")
                 function = inner.f_locals.get("sync_fn")
                 if isinstance(context, Context):
-                    yield context.get(_current_plugin), _name_of(function)
+                    yield context.get(current_plugin), name_of(function)
                 break
             inner = inner.f_back
-
-
-def _is_fatal(error: BaseException) -> bool:
-    return any(isinstance(leaf, FatalError) for leaf in leaf_exceptions(error))
 
 
 async def _flush_logs() -> None:

@@ -154,9 +154,10 @@ async def test_an_unknown_module_lists_the_loaded_ones(lifecycle):
 def test_the_package_exports_exactly_its_public_api():
     assert sorted(oversip_hooks.__all__) == sorted(
         [
-            "LEVELS", "CallbackRegistry", "FatalError", "Launcher", "Logger", "LoggerMisuse", "M",
-            "Runtime",
-            "RuntimeState", "SystemCallbacks", "add_console_sink", "fatal", "get_logger",
+            "LEVELS", "CallbackRegistry", "ExtensionHook", "FatalError", "HookCallEnded",
+            "HookCallStarted", "HookOutcome", "Launcher", "Logger", "LoggerMisuse",
+            "LoopBlocked", "M", "Runtime", "RuntimeState", "ShutdownOverran", "StateChanged",
+            "SystemCallbacks", "add_console_sink", "fatal", "get_logger",
             "get_plugin_manager", "hookimpl", "hookspec", "modules", "run",
         ]
     )  # fmt: skip

@@ -18,6 +18,7 @@ import trio.testing
 
 from oversip_hooks import (
     CallbackRegistry,
+    HookCallStarted,
     Runtime,
     RuntimeState,
     SystemCallbacks,
@@ -426,6 +427,148 @@ async def test_the_shutdown_timeout_cancels_the_one_in_progress_and_calls_the_re
     assert (
         "CRIT: <runtime> terminated of 'hangs' cancelled: the shutdown timeout of 10 s ran out"
     ) in lifecycle.lines
+
+
+class Drained:
+    """Records, on trio's clock, when its service last ran and when it was terminated."""
+
+    def __init__(self) -> None:
+        self.ticks: list[float] = []
+        self.terminated_at: float | None = None
+        self.terminated_error: bool | None = None
+
+    @hookimpl
+    def started(self, runtime: Runtime) -> None:
+        async def serve() -> None:
+            while True:
+                self.ticks.append(trio.current_time())
+                await trio.sleep(1)
+
+        runtime.start_soon(serve)
+
+    @hookimpl
+    def terminated(self, error: bool) -> None:
+        self.terminated_at = trio.current_time()
+        self.terminated_error = error
+
+
+async def drained_run(
+    lifecycle: LifecycleHarness, *stop_signals_at: float, drain: float = 10, **options: object
+) -> tuple[Drained, float, int]:
+    """Run a Drained plugin under a drain; send a stop signal at each of the given
+    seconds after it is running; return it, when the first signal came, the status."""
+    plugin = Drained()
+    lifecycle.register(plugin, name="drained")
+    runtime = Runtime(
+        lifecycle.pm, handle_signals=False, callbacks=lifecycle.callbacks, drain=drain, **options
+    )
+    lifecycle.watch(runtime)
+    running = trio.Event()
+    runtime.add_state_listener(lambda state: state is RuntimeState.RUNNING and running.set())
+    status: list[int] = []
+
+    async def run() -> None:
+        status.append(await runtime.run())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await running.wait()
+        stopped_at = trio.current_time()
+        for at in stop_signals_at:
+            await trio.sleep_until(stopped_at + at)
+            runtime.signal_received(signal.SIGTERM)
+    return plugin, stopped_at, status[0]
+
+
+async def test_a_stop_drains_first_with_everything_still_running(
+    lifecycle: LifecycleHarness, autojump_clock: trio.testing.MockClock
+) -> None:
+    plugin, stopped_at, status = await drained_run(lifecycle, 0, drain=10)
+    assert status == 0
+    assert plugin.terminated_at == stopped_at + 10
+    assert plugin.terminated_error is False
+    assert max(plugin.ticks) >= stopped_at + 9  # the service ran through the drain
+    assert lifecycle.states[-3:] == [
+        RuntimeState.DRAINING,
+        RuntimeState.STOPPING,
+        RuntimeState.STOPPED,
+    ]
+    assert "NOTICE: <runtime> draining for 10 s before terminating" in lifecycle.lines
+
+
+async def test_a_second_stop_signal_ends_the_drain_and_a_third_abandons(
+    lifecycle: LifecycleHarness, autojump_clock: trio.testing.MockClock
+) -> None:
+    plugin, stopped_at, status = await drained_run(lifecycle, 0, 3, drain=10)
+    assert plugin.terminated_at == stopped_at + 3
+    assert status == 0  # ending the drain early is no failure
+    assert "NOTICE: <runtime> SIGTERM signal received again, ending the drain" in lifecycle.lines
+    assert not lifecycle.shutdown_overruns
+
+
+async def test_a_third_stop_signal_abandons_the_shutdown_after_a_drain(
+    lifecycle: LifecycleHarness, autojump_clock: trio.testing.MockClock
+) -> None:
+    class Hangs:
+        @hookimpl
+        async def terminated(self) -> None:
+            await trio.sleep(100)
+
+    lifecycle.register(Hangs(), name="hangs")
+    plugin, stopped_at, status = await drained_run(lifecycle, 0, 1, 2, drain=10)
+    assert status == 1
+    assert [overrun.abandoned for overrun in lifecycle.shutdown_overruns] == [True]
+    assert plugin.terminated_at == stopped_at + 1  # terminated first, then "hangs" is given up
+
+
+async def test_the_shutdown_timeout_counts_from_the_end_of_the_drain(
+    lifecycle: LifecycleHarness, autojump_clock: trio.testing.MockClock
+) -> None:
+    closed_at: list[float] = []
+
+    class SlowToClose:
+        @hookimpl
+        async def terminated(self) -> None:
+            await trio.sleep(4)  # within the shutdown timeout of 5, though 14 s after the stop
+            closed_at.append(trio.current_time())
+
+    lifecycle.register(SlowToClose(), name="slow")
+    _, stopped_at, status = await drained_run(lifecycle, 0, drain=10, shutdown_timeout=5)
+    assert status == 0
+    assert closed_at == [stopped_at + 14]
+    assert not lifecycle.shutdown_overruns
+
+
+async def test_there_is_no_drain_on_an_error_or_before_the_start_completed(
+    lifecycle: LifecycleHarness, autojump_clock: trio.testing.MockClock
+) -> None:
+    class FailsLater:
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            async def fail() -> None:
+                await trio.sleep(2)
+                fatal("the disk is gone")
+
+            runtime.start_soon(fail)
+
+    lifecycle.register(FailsLater(), name="fails")
+    plugin = Drained()
+    lifecycle.register(plugin, name="drained")
+    runtime = Runtime(lifecycle.pm, handle_signals=False, callbacks=lifecycle.callbacks, drain=10)
+    lifecycle.watch(runtime)
+    assert await runtime.run() == 1
+    assert plugin.terminated_at == 2
+    assert RuntimeState.DRAINING not in lifecycle.states
+
+    stopped_early = LifecycleHarness(Sync())
+    runtime = Runtime(
+        stopped_early.pm, handle_signals=False, callbacks=stopped_early.callbacks, drain=10
+    )
+    stopped_early.watch(runtime)
+    runtime.stop()
+    with stopped_early.isolated():
+        assert await runtime.run() == 0
+    assert RuntimeState.DRAINING not in stopped_early.states
 
 
 # -- 5. started is bounded ----------------------------------------------------------------
@@ -866,7 +1009,7 @@ def test_hook_order_tells_the_order_before_the_run(lifecycle):
     runtime = Runtime(lifecycle.pm, handle_signals=False)
     assert runtime.hook_order("started") == ["plain", "last"]
     assert runtime.hook_order("terminated") == ["last", "plain", "no_started", "SystemCallbacks"]
-    with pytest.raises(ValueError, match="no lifecycle hook named 'stopped'"):
+    with pytest.raises(ValueError, match="no hook named 'stopped'"):
         runtime.hook_order("stopped")
     lifecycle.run()
     assert [c.plugin for c in lifecycle.calls_to("terminated")] == runtime.hook_order("terminated")
@@ -896,7 +1039,7 @@ async def test_a_signal_raised_at_the_very_end_does_not_kill_the_process():
 async def test_a_cancellation_from_outside_still_terminates_the_started(lifecycle):
     lifecycle.register(Sync(), name="a")
     runtime = Runtime(lifecycle.pm, handle_signals=False, callbacks=lifecycle.callbacks)
-    runtime.add_call_monitor(lifecycle._before_call, lifecycle._after_call)
+    lifecycle.watch(runtime)
     with trio.move_on_after(5) as outside:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runtime.run)
@@ -916,7 +1059,7 @@ async def test_a_keyboard_interrupt_is_never_taken_for_a_hook_error(lifecycle):
     lifecycle.register(Sync(), name="a")
     lifecycle.register(Interrupted(), name="interrupted")
     runtime = Runtime(lifecycle.pm, handle_signals=False, callbacks=lifecycle.callbacks)
-    runtime.add_call_monitor(lifecycle._before_call, lifecycle._after_call)
+    lifecycle.watch(runtime)
     runtime.reload()
     with pytest.raises(KeyboardInterrupt):
         await runtime.run()
@@ -955,8 +1098,11 @@ async def test_a_synchronous_overrun_of_the_startup_timeout_is_fatal(
     assert "next.started" not in lifecycle.trace
 
 
-async def test_a_failing_state_listener_is_logged_and_the_lifecycle_goes_on(lifecycle):
+async def test_a_failing_state_listener_is_logged_removed_and_the_lifecycle_goes_on(lifecycle):
+    seen: list[RuntimeState] = []
+
     def exporter(state: RuntimeState) -> None:
+        seen.append(state)
         raise ValueError("metrics exporter is down")
 
     lifecycle.register(Sync(), name="a")
@@ -964,7 +1110,28 @@ async def test_a_failing_state_listener_is_logged_and_the_lifecycle_goes_on(life
         runtime.add_state_listener(exporter)
     assert lifecycle.exit_status == 0
     assert lifecycle.trace[-1] == "a.terminated(error=False)"
-    assert any("state listener" in line and "metrics exporter" in line for line in lifecycle.lines)
+    assert seen == [RuntimeState.STOPPING]  # removed once it failed
+    failed = [line for line in lifecycle.lines if "metrics exporter is down" in line]
+    assert len(failed) == 1
+    assert failed[0].startswith("CRIT: <runtime> observer <function ")
+    assert "exporter" in failed[0]
+    assert "failed and was removed" in failed[0]
+
+
+@pytest.mark.parametrize("where", ["state", "call"])
+async def test_an_observer_that_raises_never_breaks_the_run(lifecycle, where):
+    """A raising call monitor used to escape Runtime.run() with no exit status."""
+
+    def observer(event: object) -> None:
+        if where == "state" or isinstance(event, HookCallStarted):
+            raise RuntimeError("observer bug")
+
+    lifecycle.register(Sync(), name="a")
+    async with lifecycle.running() as runtime:
+        runtime.add_observer(observer)
+    assert lifecycle.exit_status == 0
+    assert lifecycle.trace[-1] == "a.terminated(error=False)"
+    assert sum("observer bug" in line for line in lifecycle.lines) == 1
 
 
 async def test_every_error_in_a_group_is_logged(lifecycle):
@@ -1100,11 +1267,12 @@ async def test_whatever_plugin_code_raises_is_a_failure_of_that_plugin(
     terminated_with: list[bool] = []
     # Handling signals, the runtime knows a KeyboardInterrupt is plugin code's own.
     runtime = Runtime(harness.pm, callbacks=harness.callbacks)
-    runtime.add_call_monitor(
-        lambda hook, plugin, kwargs: (
-            terminated_with.append(bool(kwargs["error"])) if hook == "terminated" else None
-        ),
-        lambda *args: None,
+    runtime.add_observer(
+        lambda event: (
+            terminated_with.append(bool(event.kwargs["error"]))
+            if isinstance(event, HookCallStarted) and event.hook == "terminated"
+            else None
+        )
     )
     with harness.isolated():
         assert await runtime.run() == STATUS[where]
@@ -1136,7 +1304,7 @@ async def test_a_stop_from_a_sync_hook_takes_effect_before_the_next_one(
 async def test_signals_received_before_the_run_are_acted_on_as_it_begins() -> None:
     stopped_early = LifecycleHarness(Sync())
     runtime = Runtime(stopped_early.pm, handle_signals=False, callbacks=stopped_early.callbacks)
-    runtime.add_call_monitor(stopped_early._before_call, stopped_early._after_call)
+    stopped_early.watch(runtime)
     runtime.signal_received(signal.SIGTERM)
     with stopped_early.isolated():
         assert await runtime.run() == 0
@@ -1152,7 +1320,7 @@ async def test_signals_received_before_the_run_are_acted_on_as_it_begins() -> No
 
     reloaded.register(StopsOnReload(), name="a")
     runtime = Runtime(reloaded.pm, handle_signals=False, callbacks=reloaded.callbacks)
-    runtime.add_call_monitor(reloaded._before_call, reloaded._after_call)
+    reloaded.watch(runtime)
     runtime.signal_received(signal.SIGHUP)
     with reloaded.isolated():
         assert await runtime.run() == 0

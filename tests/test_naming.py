@@ -185,7 +185,7 @@ def test_calls_to_a_plugin_no_one_is_named_fails_with_the_names_there_are(lifecy
 
 
 def test_calls_to_a_hook_that_does_not_exist_fails(lifecycle):
-    with pytest.raises(ValueError, match="no lifecycle hook named 'terminate'"):
+    with pytest.raises(ValueError, match="no hook named 'terminate'"):
         lifecycle.calls_to("terminate")
 
 

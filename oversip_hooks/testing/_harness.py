@@ -41,10 +41,19 @@ import trio.testing
 from loguru import logger
 
 from .._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot, using
+from .._callers import is_cancellation, leaf_exceptions
+from .._events import (
+    Event,
+    HookCallEnded,
+    HookCallStarted,
+    RuntimeState,
+    ShutdownOverran,
+    StateChanged,
+)
 from .._fatal import FatalError, fatal
 from .._logging import LEVELS
-from .._manager import LIFECYCLE_HOOKS, get_plugin_manager, readable_name, validate
-from .._runtime import Runtime, RuntimeState, is_cancellation, leaf_exceptions
+from .._manager import get_plugin_manager, known_hooks, readable_name, validate
+from .._runtime import Runtime
 from ..hookspecs import hookimpl
 
 _LEVEL_OF_LOGURU_NAME = {loguru_name: level for level, (loguru_name, _) in LEVELS.items()}
@@ -74,10 +83,12 @@ class HookCall:
 
     Attributes:
         plugin: the plugin's name (``"SystemCallbacks"`` for the callbacks).
-        hook: ``"initialize"``, ``"started"``, ``"reload"`` or ``"terminated"``.
+        hook: ``"initialize"``, ``"started"``, ``"reload"``, ``"terminated"``, or the
+            name of an extension hook.
         error: the ``error`` argument given to ``terminated``; ``None`` for other hooks.
         raised: what the implementation raised, or ``None``.
         cancelled: true when the runtime cancelled it (a stop, a timeout).
+        lifecycle: false for a call of an extension hook.
     """
 
     plugin: str
@@ -85,6 +96,7 @@ class HookCall:
     error: bool | None = None
     raised: BaseException | None = None
     cancelled: bool = False
+    lifecycle: bool = True
 
     def __str__(self) -> str:
         text = f"{self.plugin}.{self.hook}"
@@ -303,7 +315,7 @@ class LifecycleHarness:
         self.startup_timeout = startup_timeout
         self.shutdown_timeout = shutdown_timeout
         self.calls: list[HookCall] = []
-        """Every hook call, in the order they ended."""
+        """Every hook call, extension hooks included, in the order they ended."""
         self.records: list[CapturedRecord] = []
         self.states: list[RuntimeState] = []
         self.errors_before_shutdown: list[BaseException] = []
@@ -317,6 +329,8 @@ class LifecycleHarness:
         self._isolated = False
         self._active_calls: list[str] = []
         self.overlapping_calls: list[tuple[str, str]] = []
+        self.shutdown_overruns: list[ShutdownOverran] = []
+        """Each part of the shutdown that ran out of time, and an abandoned shutdown."""
         for name, plugin in _expand(plugins):
             self.register(plugin, name=name)
 
@@ -407,8 +421,7 @@ class LifecycleHarness:
             callbacks=self.callbacks,
         )
         validate(self.pm)  # raised here, plainly, rather than from inside a nursery
-        runtime.add_state_listener(self._on_state)
-        runtime.add_call_monitor(self._before_call, self._after_call)
+        self.watch(runtime)
         self.runtime = runtime
         with self.isolated(), _autojump_held_while_threads_work():
             try:
@@ -432,6 +445,19 @@ class LifecycleHarness:
                 if len(group.exceptions) == 1:
                     raise group.exceptions[0] from None
                 raise
+
+    def watch(self, runtime: Runtime) -> None:
+        """Record what ``runtime``, one that the test made and runs itself, does, as the
+        harness records its own run: :attr:`calls`, :attr:`trace`, :attr:`states`.
+
+        Example::
+
+            runtime = Runtime(harness.pm, handle_signals=False)
+            harness.watch(runtime)
+            assert await runtime.run() == 0
+            assert harness.trace == ["pool.initialize", ...]
+        """
+        runtime.add_observer(self._observe)
 
     async def play(self, *events: LifecycleEvent) -> int:
         """Start, apply ``events`` in order, stop; return the exit status.
@@ -536,14 +562,14 @@ class LifecycleHarness:
         when given.
 
         Raises:
-            ValueError: ``hook`` is not a lifecycle hook, or no plugin of this harness is
-                named ``plugin`` (the message lists those that are), so that a check
-                that names a plugin wrongly fails instead of never seeing a call.
+            ValueError: ``hook`` is neither a lifecycle hook nor an extension hook that a
+                plugin declares, or no plugin of this harness is named ``plugin`` (the
+                message lists those that are), so that a check that names a plugin
+                wrongly fails instead of never seeing a call.
         """
-        if hook not in LIFECYCLE_HOOKS:
-            raise ValueError(
-                f"no lifecycle hook named {hook!r} (the hooks are {', '.join(LIFECYCLE_HOOKS)})"
-            )
+        known = known_hooks(self.pm)
+        if hook not in known:
+            raise ValueError(f"no hook named {hook!r} (the hooks are {', '.join(known)})")
         if plugin is not None:
             self.check_plugin_name(plugin)
         return [
@@ -618,6 +644,16 @@ class LifecycleHarness:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _observe(self, event: Event) -> None:
+        if isinstance(event, StateChanged):
+            self._on_state(event.state)
+        elif isinstance(event, HookCallStarted):
+            self._call_started(event)
+        elif isinstance(event, HookCallEnded):
+            self._call_ended(event)
+        elif isinstance(event, ShutdownOverran):
+            self.shutdown_overruns.append(event)
+
     def _on_state(self, state: RuntimeState) -> None:
         if state is RuntimeState.STOPPING:
             self.errors_before_shutdown = self.errors
@@ -628,26 +664,30 @@ class LifecycleHarness:
         self.states.append(state)
         self._notify()
 
-    def _before_call(self, hook: str, plugin: str, kwargs: dict[str, Any]) -> None:
-        # The runtime calls one implementation at a time: any overlap is a bug, such as a
-        # `terminated` running while a `reload` is still in progress.
-        call = f"{plugin}.{hook}"
+    def _call_started(self, event: HookCallStarted) -> None:
+        # The runtime calls one lifecycle hook implementation at a time: any overlap is a
+        # bug, such as a `terminated` running while a `reload` is still in progress. An
+        # extension hook is called from within them, or concurrently on purpose.
+        if not event.lifecycle:
+            return
+        call = f"{event.plugin}.{event.hook}"
         self.overlapping_calls.extend((active, call) for active in self._active_calls)
         self._active_calls.append(call)
 
-    def _after_call(
-        self, outcome: BaseException | None, hook: str, plugin: str, kwargs: dict[str, Any]
-    ) -> None:
-        self._active_calls.remove(f"{plugin}.{hook}")
-        error = kwargs.get("error") if hook == "terminated" else None
-        cancelled = outcome is not None and is_cancellation(outcome)
+    def _call_ended(self, event: HookCallEnded) -> None:
+        if event.lifecycle:
+            self._active_calls.remove(f"{event.plugin}.{event.hook}")
+        error = event.kwargs.get("error") if event.hook == "terminated" else None
+        raised = event.error
+        cancelled = raised is not None and is_cancellation(raised)
         self.calls.append(
             HookCall(
-                plugin,
-                hook,
+                event.plugin,
+                event.hook,
                 error=None if error is None else bool(error),
-                raised=None if cancelled else outcome,
+                raised=None if cancelled else raised,
                 cancelled=cancelled,
+                lifecycle=event.lifecycle,
             )
         )
 

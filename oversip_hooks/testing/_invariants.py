@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
+from .._callers import leaf_exceptions
+from .._events import RuntimeState
 from .._fatal import FatalError
-from .._runtime import RuntimeState, leaf_exceptions
 from ._harness import HookCall, LifecycleHarness
 
 
@@ -43,7 +44,7 @@ _ORDER = {"initialize": 0, "started": 1, "reload": 2, "terminated": 3}
 
 def _problems(harness: LifecycleHarness) -> list[str]:
     problems = [f"{a} overlapped {b}" for a, b in harness.overlapping_calls]
-    calls = harness.calls
+    calls = [call for call in harness.calls if call.lifecycle]
     terminated = [c for c in calls if c.hook == "terminated"]
     first_terminated = next((i for i, c in enumerate(calls) if c.hook == "terminated"), None)
     if first_terminated is not None:
@@ -79,7 +80,7 @@ def _problems(harness: LifecycleHarness) -> list[str]:
         if c.error is not failed
     ]
     if harness.stopped:
-        abandoned = any("abandoning the shutdown" in line for line in harness.lines)
+        abandoned = any(overrun.abandoned for overrun in harness.shutdown_overruns)
         if not abandoned:
             implementers = {i.plugin_name for i in harness.pm.hook.terminated.get_hookimpls()}
             problems += [
@@ -90,7 +91,7 @@ def _problems(harness: LifecycleHarness) -> list[str]:
         shutdown_failed = (
             abandoned
             or any(c.raised is not None or c.cancelled for c in terminated)
-            or any("shutdown timeout" in line for line in harness.lines)
+            or bool(harness.shutdown_overruns)
             # a service that fails during the shutdown, say once its connection is closed
             or len(harness.errors) > len(harness.errors_before_shutdown)
         )
