@@ -42,3 +42,21 @@ def test_the_example_reloads_on_sighup_and_stops_cleanly(signum):
     assert any(
         line.endswith(f"NOTICE: <runtime> {name} signal received, exiting...") for line in rest
     )
+
+
+EXTENSION_EXAMPLE = EXAMPLE.parent / "extension_hooks.py"
+
+
+def test_the_extension_hooks_example_runs_as_the_readme_says():
+    done = subprocess.run(
+        [sys.executable, str(EXTENSION_EXAMPLE)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "db: healthy",
+        "queue: 3 jobs waiting for more than a minute",
+    ]
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    code = EXTENSION_EXAMPLE.read_text()
+    body = code[code.index("import trio") : code.index('\n\nif __name__')]
+    assert body in readme  # the README shows the example as it runs

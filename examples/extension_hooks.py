@@ -1,0 +1,48 @@
+"""Extension hooks: a module declares a hook, two plugins implement it, a caller awaits it.
+
+Run it: ``python examples/extension_hooks.py``.
+"""
+
+import trio
+
+import oversip_hooks
+from oversip_hooks import Runtime, hookimpl, hookspec
+
+
+class HealthHooks:
+    """The hooks that the health module declares (in a package: a module of its own)."""
+
+    @hookspec
+    def health_check(self, runtime: Runtime) -> str | None:
+        """Return None when healthy, else why not."""
+
+
+class Health:
+    """The declaring module; it also calls the hook, once everything has started."""
+
+    extension_hooks = HealthHooks
+
+    @hookimpl(trylast=True)
+    async def started(self, runtime: Runtime) -> None:
+        outcomes = await runtime.hooks.health_check.call_each(concurrently=True, timeout=1)
+        for outcome in outcomes:
+            print(f"{outcome.plugin}: {outcome.error or outcome.value or 'healthy'}")
+        runtime.stop()
+
+
+class Database:
+    @hookimpl
+    def health_check(self) -> str | None:
+        return None
+
+
+class Queue:
+    @hookimpl
+    async def health_check(self) -> str | None:
+        await trio.sleep(0.01)  # asks the queue server
+        return "3 jobs waiting for more than a minute"
+
+
+if __name__ == "__main__":
+    plugins = {"health": Health(), "db": Database(), "queue": Queue()}
+    raise SystemExit(oversip_hooks.run(plugins))
