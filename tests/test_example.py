@@ -58,5 +58,5 @@ def test_the_extension_hooks_example_runs_as_the_readme_says():
     ]
     readme = (EXAMPLE.parent.parent / "README.md").read_text()
     code = EXTENSION_EXAMPLE.read_text()
-    body = code[code.index("import trio") : code.index('\n\nif __name__')]
+    body = code[code.index("import trio") : code.index("\n\nif __name__")]
     assert body in readme  # the README shows the example as it runs
