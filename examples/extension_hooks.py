@@ -9,40 +9,40 @@ import oversip_hooks
 from oversip_hooks import Runtime, hookimpl, hookspec
 
 
-class HealthHooks:
-    """The hooks that the health module declares (in a package: a module of its own)."""
+class StatusHooks:
+    """The hooks that the status module declares (in a package: a module of its own)."""
 
     @hookspec
-    def health_check(self, runtime: Runtime) -> str | None:
-        """Return None when healthy, else why not."""
+    def status_report(self, runtime: Runtime) -> str | None:
+        """Return None when all is well, else what is wrong."""
 
 
-class Health:
+class Status:
     """The declaring module; it also calls the hook, once everything has started."""
 
-    extension_hooks = HealthHooks
+    extension_hooks = StatusHooks
 
     @hookimpl(trylast=True)
     async def started(self, runtime: Runtime) -> None:
-        outcomes = await runtime.hooks.health_check.call_each(concurrently=True, timeout=1)
+        outcomes = await runtime.hooks.status_report.call_each(concurrently=True, timeout=1)
         for outcome in outcomes:
-            print(f"{outcome.plugin}: {outcome.error or outcome.value or 'healthy'}")
+            print(f"{outcome.plugin}: {outcome.error or outcome.value or 'fine'}")
         runtime.stop()
 
 
 class Database:
     @hookimpl
-    def health_check(self) -> str | None:
+    def status_report(self) -> str | None:
         return None
 
 
 class Queue:
     @hookimpl
-    async def health_check(self) -> str | None:
+    async def status_report(self) -> str | None:
         await trio.sleep(0.01)  # asks the queue server
         return "3 jobs waiting for more than a minute"
 
 
 if __name__ == "__main__":
-    plugins = {"health": Health(), "db": Database(), "queue": Queue()}
+    plugins = {"status": Status(), "db": Database(), "queue": Queue()}
     raise SystemExit(oversip_hooks.run(plugins))

@@ -34,7 +34,7 @@ EXTENSION_HOOKS_ATTRIBUTE = "extension_hooks"
 
 
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager with the lifecycle hook specifications added, which also takes
+    """pluggy's manager with the runtime's hook specifications added, which also takes
     async generator wrappers (pluggy takes only sync ones; the runtime calls both) and
     counts its registrations, so that the runtime can keep each hook's call order until
     a plugin comes or goes."""
@@ -43,6 +43,7 @@ class PluginManager(pluggy.PluginManager):
         self.generation = 0
         super().__init__(hookspecs.PROJECT_NAME)
         self.add_hookspecs(hookspecs)
+        self.add_hookspecs(hookspecs.ProbeHooks)
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         self.generation += 1
@@ -67,7 +68,8 @@ class PluginManager(pluggy.PluginManager):
 
 
 def get_plugin_manager() -> PluginManager:
-    """A fresh plugin manager with the lifecycle hook specifications added.
+    """A fresh plugin manager with the lifecycle hook specifications added, and the
+    extension hooks the runtime declares (``hookspecs.ProbeHooks``).
 
     Example::
 
@@ -139,6 +141,8 @@ def declared_hooks(pm: pluggy.PluginManager) -> dict[str, str]:
 
 
 def _declarer(pm: pluggy.PluginManager, namespace: object) -> str | None:
+    if namespace is hookspecs.ProbeHooks:
+        return hookspecs.PROJECT_NAME
     for name, plugin in pm.list_name_plugin():
         if getattr(plugin, EXTENSION_HOOKS_ATTRIBUTE, None) is namespace:
             return name
@@ -148,6 +152,13 @@ def _declarer(pm: pluggy.PluginManager, namespace: object) -> str | None:
 def known_hooks(pm: pluggy.PluginManager) -> list[str]:
     """The lifecycle hooks, then the extension hooks of ``pm``."""
     return [*LIFECYCLE_HOOKS, *declared_hooks(pm)]
+
+
+def listed_hooks(pm: pluggy.PluginManager) -> list[str]:
+    """The hooks named in an "unknown hook" message: the lifecycle hooks, then those
+    that plugins declare (the runtime's own probe hooks are left to "did you mean")."""
+    declared = declared_hooks(pm)
+    return [*LIFECYCLE_HOOKS, *(h for h, by in declared.items() if by != hookspecs.PROJECT_NAME)]
 
 
 def readable_name(pm: pluggy.PluginManager, plugin: object) -> str:
@@ -258,13 +269,13 @@ def validate(pm: pluggy.PluginManager) -> None:
             specification does not have.
     """
     declare_extension_hooks(pm)
-    known = known_hooks(pm)
+    known, listed = known_hooks(pm), listed_hooks(pm)
     for name, caller in vars(pm.hook).items():
         if name.startswith("_"):
             continue
         seen: set[str] = set()
         for impl in caller.get_hookimpls():
-            _check_impl(name, impl, caller, known)
+            _check_impl(name, impl, caller, known, listed)
             if impl.plugin_name in seen:
                 raise pluggy.PluginValidationError(
                     impl.plugin,
@@ -276,7 +287,11 @@ def validate(pm: pluggy.PluginManager) -> None:
 
 
 def _check_impl(
-    hook: str, impl: pluggy.HookImpl, caller: pluggy.HookCaller, known: Sequence[str]
+    hook: str,
+    impl: pluggy.HookImpl,
+    caller: pluggy.HookCaller,
+    known: Sequence[str],
+    listed: Sequence[str],
 ) -> None:
     where = f"plugin {impl.plugin_name!r}"
     if caller.spec is None:
@@ -298,7 +313,7 @@ def _check_impl(
         )
         raise pluggy.PluginValidationError(
             impl.plugin,
-            f"{where}: unknown hook {hook!r}{hint} (the hooks are {', '.join(known)})",
+            f"{where}: unknown hook {hook!r}{hint} (the hooks are {', '.join(listed)})",
         )
     lifecycle = hook in LIFECYCLE_HOOKS
     if impl.hookwrapper:

@@ -51,7 +51,7 @@ def _state_message(state: RuntimeState) -> list[str]:
     if state is RuntimeState.RELOADING:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return ["RELOADING=1", f"MONOTONIC_USEC={now}", status]
-    if state is RuntimeState.STOPPING:
+    if state in (RuntimeState.DRAINING, RuntimeState.STOPPING):  # the drain is the way down
         return ["STOPPING=1", status]
     return [status]
 

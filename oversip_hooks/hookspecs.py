@@ -1,4 +1,4 @@
-"""The lifecycle hooks a plugin may implement.
+"""The lifecycle hooks a plugin may implement, and the extension hooks the runtime declares.
 
 Each hook may be implemented as a plain function or an ``async def``, and may take any
 subset of its arguments, by name (pluggy's rules). The runtime, not pluggy, calls them:
@@ -8,12 +8,12 @@ See ``oversip_hooks._runtime`` for the rules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterable
 
     from ._runtime import Runtime
 
@@ -72,3 +72,30 @@ def terminated(runtime: Runtime, error: bool) -> None:
     ``error`` is true when the runtime goes down because of ``fatal()``, an unhandled
     exception in a hook or a service, or a failed start; false on a requested stop.
     """
+
+
+class ProbeHooks:
+    """Extension hooks that the runtime itself declares, for ``oversip-hooks run --http``
+    (its ``/readyz`` and ``/metrics``): any plugin, a server file included, may implement
+    them; without ``--http`` nothing calls them."""
+
+    @hookspec
+    def health_check(self, runtime: Runtime) -> str | None:
+        """Say whether this plugin can do its work: ``None`` when it can, else a short
+        reason (``"pool 'main': database is locked"``). Sync or async.
+
+        Called for each ``GET /readyz`` while the runtime runs, all plugins' checks at
+        once, under one timeout (1 s): a check that raises or has not answered by then
+        marks its plugin unhealthy and the instance not ready. A sync check runs in the
+        event loop and must be quick; do blocking work with ``trio.to_thread``.
+        """
+
+    @hookspec
+    def metrics_collectors(self, runtime: Runtime) -> Iterable[Any] | None:
+        """Return the Prometheus collectors of this plugin (objects with a ``collect()``
+        method yielding metric families), read at every scrape of ``/metrics``.
+
+        Asked once, at the first scrape after ``initialize`` completed. Name metrics
+        after the plugin (``oversip_sqlite_...``); a name that another collector has
+        already is refused with an error line.
+        """

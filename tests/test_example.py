@@ -53,7 +53,7 @@ def test_the_extension_hooks_example_runs_as_the_readme_says():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "db: healthy",
+        "db: fine",
         "queue: 3 jobs waiting for more than a minute",
     ]
     readme = (EXAMPLE.parent.parent / "README.md").read_text()

@@ -27,9 +27,9 @@ from oversip_hooks import (
 from oversip_hooks.testing import LifecycleHarness
 
 
-class HealthHooks:
+class StatusHooks:
     @hookspec
-    def health_check(self, runtime: Runtime) -> str | None:
+    def status_report(self, runtime: Runtime) -> str | None:
         """None when healthy, else why not."""
 
     @hookspec(firstresult=True)
@@ -37,7 +37,7 @@ class HealthHooks:
         """The handler's name for ``path``."""
 
 
-def declaring_module(hooks: type = HealthHooks) -> types.SimpleNamespace:
+def declaring_module(hooks: type = StatusHooks) -> types.SimpleNamespace:
     return types.SimpleNamespace(extension_hooks=hooks)
 
 
@@ -47,14 +47,14 @@ class Healthy:
         self.calls = 0
 
     @hookimpl
-    def health_check(self) -> str | None:
+    def status_report(self) -> str | None:
         self.calls += 1
         return self.answer
 
 
 class AsyncHealthy(Healthy):
     @hookimpl
-    async def health_check(self) -> str | None:
+    async def status_report(self) -> str | None:
         await trio.lowlevel.checkpoint()
         self.calls += 1
         return self.answer
@@ -69,7 +69,7 @@ async def test_implementations_are_checked_whatever_the_registration_order(
 ):
     class WrongArgument:
         @hookimpl
-        def health_check(self, verbose: bool) -> None: ...
+        def status_report(self, verbose: bool) -> None: ...
 
     plugins = [("health", declaring_module()), ("db", WrongArgument())]
     for name, plugin in plugins if declarer_first else plugins[::-1]:
@@ -87,32 +87,35 @@ async def test_an_extension_hook_is_called_whatever_the_registration_order(
     for name, plugin in plugins if declarer_first else plugins[::-1]:
         lifecycle.register(plugin, name=name)
     async with lifecycle.running() as runtime:
-        assert await runtime.hooks.health_check() == ["disk full"]
+        assert await runtime.hooks.status_report() == ["disk full"]
 
 
 async def test_a_misspelt_extension_hook_is_refused_with_a_did_you_mean(lifecycle):
     class Typo:
         @hookimpl
-        def helth_check(self) -> None: ...
+        def status_reprot(self) -> None: ...
 
     lifecycle.register(declaring_module(), name="health")
     lifecycle.register(Typo(), name="typo")
     with pytest.raises(pluggy.PluginValidationError) as info:
         await lifecycle.play()
-    assert "unknown hook 'helth_check'; did you mean 'health_check'?" in str(info.value)
-    assert "health_check, route" in str(info.value)
+    assert "unknown hook 'status_reprot'; did you mean 'status_report'?" in str(info.value)
+    assert (
+        "(the hooks are initialize, lifespan, started, reload, terminated, route, status_report)"
+        in str(info.value)
+    )
 
 
 async def test_a_hook_of_a_module_that_is_not_installed_is_refused_unless_optional(lifecycle):
     class Required:
         @hookimpl
-        def metrics_collectors(self) -> None: ...
+        def mysql_query_done(self) -> None: ...
 
     class Optional:
         called = False
 
         @hookimpl(optionalhook=True)
-        def metrics_collectors(self) -> None:
+        def mysql_query_done(self) -> None:
             Optional.called = True
 
     lifecycle.register(Optional(), name="optional")
@@ -122,7 +125,7 @@ async def test_a_hook_of_a_module_that_is_not_installed_is_refused_unless_option
     other = LifecycleHarness(Required())
     with other.isolated(), pytest.raises(pluggy.PluginValidationError) as info:
         await other.play()
-    assert "unknown hook 'metrics_collectors'" in str(info.value)
+    assert "unknown hook 'mysql_query_done'" in str(info.value)
     assert "@hookimpl(optionalhook=True)" in str(info.value)
 
 
@@ -149,13 +152,13 @@ async def test_a_declaration_that_cannot_work_is_refused(lifecycle, hooks, messa
 async def test_two_plugins_cannot_declare_one_hook(lifecycle):
     class Again:
         @hookspec
-        def health_check(self, runtime: Runtime) -> None: ...
+        def status_report(self, runtime: Runtime) -> None: ...
 
     lifecycle.register(declaring_module(), name="health")
     lifecycle.register(declaring_module(Again), name="again")
     with pytest.raises(pluggy.PluginValidationError) as info:
         await lifecycle.play()
-    assert "plugin 'again' declares hook 'health_check', which 'health' declares already" in str(
+    assert "plugin 'again' declares hook 'status_report', which 'health' declares already" in str(
         info.value
     )
 
@@ -170,7 +173,7 @@ async def test_two_plugins_cannot_declare_one_hook(lifecycle):
 )
 async def test_what_cannot_be_called_as_written_is_refused(lifecycle, impl, message):
     lifecycle.register(declaring_module(), name="health")
-    lifecycle.register(types.SimpleNamespace(health_check=impl), name="bad")
+    lifecycle.register(types.SimpleNamespace(status_report=impl), name="bad")
     with pytest.raises(pluggy.PluginValidationError, match=message):
         await lifecycle.play()
 
@@ -195,11 +198,16 @@ def test_hook_order_and_declarers_are_known_before_the_run():
 
     class First(Healthy):
         @hookimpl(tryfirst=True)
-        def health_check(self) -> None: ...
+        def status_report(self) -> None: ...
 
     pm.register(First(), name="first")
-    assert Runtime(pm).hook_order("health_check") == ["first", "late"]
-    assert declared_hooks(pm) == {"health_check": "health", "route": "health"}
+    assert Runtime(pm).hook_order("status_report") == ["first", "late"]
+    assert declared_hooks(pm) == {
+        "health_check": "oversip_hooks",  # the probe hooks, always declared
+        "metrics_collectors": "oversip_hooks",
+        "route": "health",
+        "status_report": "health",
+    }
     with pytest.raises(ValueError, match="no hook named 'helth'"):
         Runtime(pm).hook_order("helth")
 
@@ -213,17 +221,17 @@ async def test_sync_and_async_implementations_run_in_the_runtime_order(lifecycle
     def plugin(name: str, *, is_async: bool, **marks: object) -> object:
         if is_async:
 
-            async def health_check() -> str:
+            async def status_report() -> str:
                 await trio.lowlevel.checkpoint()
                 order.append(name)
                 return name
         else:
 
-            def health_check() -> str:
+            def status_report() -> str:
                 order.append(name)
                 return name
 
-        module = types.SimpleNamespace(health_check=hookimpl(**marks)(health_check))
+        module = types.SimpleNamespace(status_report=hookimpl(**marks)(status_report))
         return module
 
     lifecycle.register(plugin("db", is_async=True, trylast=True), name="db")
@@ -232,12 +240,12 @@ async def test_sync_and_async_implementations_run_in_the_runtime_order(lifecycle
     lifecycle.register(plugin("web", is_async=True, tryfirst=True), name="web")
     lifecycle.register(plugin("queue", is_async=False), name="queue")
     web_after_queue = types.SimpleNamespace(
-        requires=["queue"], health_check=hookimpl(lambda: order.append("late") or "late")
+        requires=["queue"], status_report=hookimpl(lambda: order.append("late") or "late")
     )
     lifecycle.register(web_after_queue, name="late")
     async with lifecycle.running() as runtime:
-        results = await runtime.hooks.health_check()
-        assert runtime.hook_order("health_check") == ["web", "cache", "queue", "late", "db"]
+        results = await runtime.hooks.status_report()
+        assert runtime.hook_order("status_report") == ["web", "cache", "queue", "late", "db"]
     assert results == order == ["web", "cache", "queue", "late", "db"]
 
 
@@ -265,7 +273,7 @@ async def test_firstresult_returns_the_first_answer_and_calls_no_more(lifecycle)
 async def test_the_first_error_goes_to_the_caller_naming_its_plugin(lifecycle):
     class Broken:
         @hookimpl
-        async def health_check(self) -> None:
+        async def status_report(self) -> None:
             raise ConnectionError("pool closed")
 
     later = Healthy()
@@ -274,8 +282,8 @@ async def test_the_first_error_goes_to_the_caller_naming_its_plugin(lifecycle):
     lifecycle.register(later, name="later")
     async with lifecycle.running() as runtime:
         with pytest.raises(ConnectionError, match="pool closed") as info:
-            await runtime.hooks.health_check()
-    assert "raised by health_check of plugin 'db'" in info.value.__notes__
+            await runtime.hooks.status_report()
+    assert "raised by status_report of plugin 'db'" in info.value.__notes__
     assert later.calls == 0
     assert lifecycle.exit_status == 0  # the caller's to handle, not the runtime's
 
@@ -283,7 +291,7 @@ async def test_the_first_error_goes_to_the_caller_naming_its_plugin(lifecycle):
 async def test_call_each_runs_every_implementation_and_names_each_error(lifecycle):
     class Broken:
         @hookimpl
-        def health_check(self) -> None:
+        def status_report(self) -> None:
             raise ConnectionError("pool closed")
 
     lifecycle.register(declaring_module(), name="health")
@@ -291,7 +299,7 @@ async def test_call_each_runs_every_implementation_and_names_each_error(lifecycl
     lifecycle.register(AsyncHealthy("slow disk"), name="disk")
     lifecycle.register(Healthy(), name="cache")
     async with lifecycle.running() as runtime:
-        outcomes = await runtime.hooks.health_check.call_each()
+        outcomes = await runtime.hooks.status_report.call_each()
     assert [(o.plugin, o.value, type(o.error).__name__) for o in outcomes] == [
         ("db", None, "ConnectionError"),
         ("disk", "slow disk", "NoneType"),
@@ -307,21 +315,21 @@ def test_concurrent_implementations_share_one_nursery_and_a_timeout_names_the_si
 
     class Ping:
         @hookimpl
-        async def health_check(self) -> str:
+        async def status_report(self) -> str:
             ping.set()
             await pong.wait()  # answered only if Pong runs at the same time
             return "ping"
 
     class Pong:
         @hookimpl
-        async def health_check(self) -> str:
+        async def status_report(self) -> str:
             await ping.wait()
             pong.set()
             return "pong"
 
     class Hung:
         @hookimpl
-        async def health_check(self) -> None:
+        async def status_report(self) -> None:
             await trio.sleep_forever()
 
     lifecycle = make_lifecycle()
@@ -333,7 +341,7 @@ def test_concurrent_implementations_share_one_nursery_and_a_timeout_names_the_si
     async def scenario() -> list[HookOutcome]:
         async with lifecycle.running() as runtime:
             begun = trio.current_time()
-            outcomes = await runtime.hooks.health_check.call_each(concurrently=True, timeout=2)
+            outcomes = await runtime.hooks.status_report.call_each(concurrently=True, timeout=2)
             assert trio.current_time() - begun == pytest.approx(2)
             return outcomes
 
@@ -344,10 +352,10 @@ def test_concurrent_implementations_share_one_nursery_and_a_timeout_names_the_si
         ("pong", "pong"),
     ]
     assert isinstance(outcomes[1].error, TimeoutError)
-    assert "health_check of plugin 'hung' did not answer within the call's timeout of 2 s" in str(
+    assert "status_report of plugin 'hung' did not answer within the call's timeout of 2 s" in str(
         outcomes[1].error
     )
-    assert "hung.health_check cancelled" in lifecycle.trace
+    assert "hung.status_report cancelled" in lifecycle.trace
 
 
 def test_a_sequential_timeout_names_the_one_that_hung_and_those_never_called(
@@ -355,7 +363,7 @@ def test_a_sequential_timeout_names_the_one_that_hung_and_those_never_called(
 ):
     class Hung:
         @hookimpl
-        async def health_check(self) -> None:
+        async def status_report(self) -> None:
             await trio.sleep_forever()
 
     lifecycle = make_lifecycle()
@@ -366,7 +374,7 @@ def test_a_sequential_timeout_names_the_one_that_hung_and_those_never_called(
 
     async def scenario() -> list[HookOutcome]:
         async with lifecycle.running() as runtime:
-            return await runtime.hooks.health_check.call_each(timeout=1)
+            return await runtime.hooks.status_report.call_each(timeout=1)
 
     outcomes = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
     assert [o.plugin for o in outcomes] == ["ok", "hung", "never"]
@@ -381,7 +389,7 @@ async def test_a_bad_timeout_is_refused(lifecycle, timeout):  # noqa: ASYNC109
     lifecycle.register(declaring_module(), name="health")
     async with lifecycle.running() as runtime:
         with pytest.raises(ValueError, match="timeout must be a positive number"):
-            await runtime.hooks.health_check.call_each(timeout=timeout)
+            await runtime.hooks.status_report.call_each(timeout=timeout)
 
 
 async def test_wrong_arguments_and_unknown_hooks_are_named(lifecycle):
@@ -391,8 +399,8 @@ async def test_wrong_arguments_and_unknown_hooks_are_named(lifecycle):
             await runtime.hooks.route()
         with pytest.raises(TypeError, match="not in its specification: verbose"):
             await runtime.hooks.route(path="/", verbose=True)
-        with pytest.raises(AttributeError, match="did you mean 'health_check'"):
-            runtime.hooks.healthcheck  # noqa: B018
+        with pytest.raises(AttributeError, match="did you mean 'status_report'"):
+            runtime.hooks.statusreport  # noqa: B018
         with pytest.raises(AttributeError, match="lifecycle hook, which only the runtime calls"):
             runtime.hooks.reload  # noqa: B018
 
@@ -405,7 +413,7 @@ async def test_sync_and_async_wrappers_wrap_the_call_outermost_first(lifecycle):
 
     class Outer:
         @hookimpl(wrapper=True, tryfirst=True)
-        def health_check(self):  # type: ignore[no-untyped-def]
+        def status_report(self):  # type: ignore[no-untyped-def]
             seen.append("outer before")
             results = yield
             seen.append(f"outer after {results}")
@@ -413,7 +421,7 @@ async def test_sync_and_async_wrappers_wrap_the_call_outermost_first(lifecycle):
 
     class Inner:
         @hookimpl(wrapper=True)
-        async def health_check(self):  # type: ignore[no-untyped-def]
+        async def status_report(self):  # type: ignore[no-untyped-def]
             await trio.lowlevel.checkpoint()
             seen.append("inner before")
             results = yield
@@ -425,7 +433,7 @@ async def test_sync_and_async_wrappers_wrap_the_call_outermost_first(lifecycle):
     lifecycle.register(Healthy("db down"), name="db")
     lifecycle.register(Outer(), name="outer")
     async with lifecycle.running() as runtime:
-        assert await runtime.hooks.health_check() == ["db down", "inner", "outer"]
+        assert await runtime.hooks.status_report() == ["db down", "inner", "outer"]
     assert seen == [
         "outer before",
         "inner before",
@@ -437,12 +445,12 @@ async def test_sync_and_async_wrappers_wrap_the_call_outermost_first(lifecycle):
 async def test_a_wrapper_sees_the_error_and_may_turn_it_into_a_result(lifecycle):
     class Broken:
         @hookimpl
-        def health_check(self) -> None:
+        def status_report(self) -> None:
             raise ConnectionError("pool closed")
 
     class Forgiving:
         @hookimpl(wrapper=True)
-        async def health_check(self):  # type: ignore[no-untyped-def]
+        async def status_report(self):  # type: ignore[no-untyped-def]
             try:
                 yield
             except ConnectionError as exc:
@@ -450,7 +458,7 @@ async def test_a_wrapper_sees_the_error_and_may_turn_it_into_a_result(lifecycle)
 
     class PassesOn:
         @hookimpl(wrapper=True)
-        def health_check(self):  # type: ignore[no-untyped-def]
+        def status_report(self):  # type: ignore[no-untyped-def]
             return (yield)
 
     lifecycle.register(declaring_module(), name="health")
@@ -458,15 +466,15 @@ async def test_a_wrapper_sees_the_error_and_may_turn_it_into_a_result(lifecycle)
     lifecycle.register(PassesOn(), name="passes")
     lifecycle.register(Broken(), name="db")
     async with lifecycle.running() as runtime:
-        assert await runtime.hooks.health_check() == ["unhealthy: pool closed"]
-        outcomes = await runtime.hooks.health_check.call_each()  # the wrappers see outcomes
+        assert await runtime.hooks.status_report() == ["unhealthy: pool closed"]
+        outcomes = await runtime.hooks.status_report.call_each()  # the wrappers see outcomes
         assert [o.plugin for o in outcomes] == ["db"]
 
 
 async def test_a_wrapper_that_does_not_yield_once_is_an_error_of_its_plugin(lifecycle):
     class Twice:
         @hookimpl(wrapper=True)
-        def health_check(self):  # type: ignore[no-untyped-def]
+        def status_report(self):  # type: ignore[no-untyped-def]
             yield
             yield
 
@@ -474,9 +482,9 @@ async def test_a_wrapper_that_does_not_yield_once_is_an_error_of_its_plugin(life
     lifecycle.register(Twice(), name="twice")
     async with lifecycle.running() as runtime:
         with pytest.raises(
-            RuntimeError, match="wrapper health_check of plugin 'twice' yielded more"
+            RuntimeError, match="wrapper status_report of plugin 'twice' yielded more"
         ):
-            await runtime.hooks.health_check()
+            await runtime.hooks.status_report()
 
 
 # -- from sync code and threads ---------------------------------------------------------
@@ -488,12 +496,12 @@ async def test_sync_code_calls_sync_implementations_and_is_told_what_to_do_for_a
     lifecycle.register(declaring_module(), name="health")
     lifecycle.register(Healthy("ok"), name="db")
     async with lifecycle.running() as runtime:
-        assert runtime.hooks.health_check.call_sync() == ["ok"]
+        assert runtime.hooks.status_report.call_sync() == ["ok"]
     second = LifecycleHarness(declaring_module(), AsyncHealthy())
     with second.isolated():
         async with second.running() as runtime:
             with pytest.raises(TypeError) as info:
-                runtime.hooks.health_check.call_sync()
+                runtime.hooks.status_report.call_sync()
     assert "is async, which call_sync cannot await" in str(info.value)
     assert "call_from_thread" in str(info.value)
 
@@ -502,10 +510,10 @@ async def test_a_worker_thread_calls_through_the_runtime_loop(lifecycle):
     lifecycle.register(declaring_module(), name="health")
     lifecycle.register(AsyncHealthy("from the loop"), name="db")
     async with lifecycle.running() as runtime:
-        results = await trio.to_thread.run_sync(runtime.hooks.health_check.call_from_thread)
+        results = await trio.to_thread.run_sync(runtime.hooks.status_report.call_from_thread)
     assert results == ["from the loop"]
     with pytest.raises(RuntimeError, match="the runtime is not running"):
-        runtime.hooks.health_check.call_from_thread()
+        runtime.hooks.status_report.call_from_thread()
 
 
 # -- what belongs to the implementing plugin --------------------------------------------
@@ -517,7 +525,7 @@ async def test_fatal_in_an_implementation_is_its_plugin_s_and_stops_the_runtime(
 
         @hookimpl
         async def started(self, runtime: Runtime) -> None:
-            Caller.outcome = await runtime.hooks.health_check.call_each()
+            Caller.outcome = await runtime.hooks.status_report.call_each()
 
         @hookimpl
         def terminated(self) -> None: ...
@@ -526,7 +534,7 @@ async def test_fatal_in_an_implementation_is_its_plugin_s_and_stops_the_runtime(
         log_id = "dying-db"
 
         @hookimpl
-        def health_check(self) -> None:
+        def status_report(self) -> None:
             fatal("the database file is gone")
 
     lifecycle.register(declaring_module(), name="health")
@@ -546,11 +554,11 @@ async def test_a_fatal_that_reaches_a_lifecycle_hook_is_reported_once(lifecycle)
     class Caller:
         @hookimpl
         async def started(self, runtime: Runtime) -> None:
-            await runtime.hooks.health_check()
+            await runtime.hooks.status_report()
 
     class Dying:
         @hookimpl
-        def health_check(self) -> None:
+        def status_report(self) -> None:
             fatal("gone")
 
     lifecycle.register(declaring_module(), name="health")
@@ -568,7 +576,7 @@ async def test_services_started_by_an_implementation_belong_to_its_plugin(lifecy
 
     class Starter:
         @hookimpl
-        def health_check(self, runtime: Runtime) -> None:
+        def status_report(self, runtime: Runtime) -> None:
             async def watcher() -> None:
                 try:
                     await trio.sleep_forever()
@@ -584,7 +592,7 @@ async def test_services_started_by_an_implementation_belong_to_its_plugin(lifecy
     lifecycle.register(declaring_module(), name="health")
     lifecycle.register(Starter(), name="starter")
     async with lifecycle.running() as runtime:
-        await runtime.hooks.health_check()
+        await runtime.hooks.status_report()
         await trio.testing.wait_all_tasks_blocked()
         assert runtime.services_running() == {"starter": 1}
     assert closed == ["terminated", "watcher"]  # closed in its plugin's turn, after it
@@ -594,10 +602,10 @@ async def test_the_harness_records_extension_calls(lifecycle):
     lifecycle.register(declaring_module(), name="health")
     lifecycle.register(Healthy(), name="db")
     async with lifecycle.running() as runtime:
-        await runtime.hooks.health_check()
-    assert lifecycle.trace == ["db.health_check"]
-    assert [str(call) for call in lifecycle.calls_to("health_check")] == ["db.health_check"]
-    assert lifecycle.calls_to("health_check", plugin="db")[0].lifecycle is False
+        await runtime.hooks.status_report()
+    assert lifecycle.trace == ["db.status_report"]
+    assert [str(call) for call in lifecycle.calls_to("status_report")] == ["db.status_report"]
+    assert lifecycle.calls_to("status_report", plugin="db")[0].lifecycle is False
 
 
 # -- seeing what hooks do ---------------------------------------------------------------
@@ -606,7 +614,7 @@ async def test_the_harness_records_extension_calls(lifecycle):
 async def test_trace_hooks_logs_one_line_per_call(make_lifecycle):
     class Broken:
         @hookimpl
-        def health_check(self) -> None:
+        def status_report(self) -> None:
             raise ConnectionError("pool closed")
 
     lifecycle = make_lifecycle()
@@ -619,15 +627,15 @@ async def test_trace_hooks_logs_one_line_per_call(make_lifecycle):
     class Caller:
         @hookimpl
         async def started(self, runtime: Runtime) -> None:
-            await runtime.hooks.health_check.call_each()
+            await runtime.hooks.status_report.call_each()
             runtime.stop()
 
     lifecycle.register(Caller(), name="caller")
     assert await runtime.run() == 0
     debug = [line for line in lifecycle.lines if line.startswith("DEBUG: <runtime>")]
-    assert any(line.startswith("DEBUG: <runtime> health_check of 'ok' took ") for line in debug)
+    assert any(line.startswith("DEBUG: <runtime> status_report of 'ok' took ") for line in debug)
     assert any(
-        line.startswith("DEBUG: <runtime> health_check of 'db' took ")
+        line.startswith("DEBUG: <runtime> status_report of 'db' took ")
         and line.endswith("raised ConnectionError('pool closed')")
         for line in debug
     )
@@ -645,8 +653,8 @@ async def test_extension_calls_are_not_logged_without_trace_but_lifecycle_calls_
     lifecycle.register(declaring_module(), name="health")
     lifecycle.register(Db(), name="db")
     async with lifecycle.running() as runtime:
-        await runtime.hooks.health_check()
-    assert not any("health_check of" in line for line in lifecycle.lines)
+        await runtime.hooks.status_report()
+    assert not any("status_report of" in line for line in lifecycle.lines)
     assert any(
         line.startswith("DEBUG: <runtime> started of 'db' took ") for line in lifecycle.lines
     )
@@ -719,16 +727,16 @@ def test_order_results_and_errors_follow_the_rules_for_any_implementations(specs
 
         if spec["is_async"]:
 
-            async def health_check(behave=behave) -> object:  # type: ignore[no-untyped-def]
+            async def status_report(behave=behave) -> object:  # type: ignore[no-untyped-def]
                 await trio.lowlevel.checkpoint()
                 return behave()
         else:
 
-            def health_check(behave=behave) -> object:  # type: ignore[no-untyped-def]
+            def status_report(behave=behave) -> object:  # type: ignore[no-untyped-def]
                 return behave()
 
         mark = {spec["mark"]: True} if spec["mark"] else {}
-        plugins.append((name, types.SimpleNamespace(health_check=hookimpl(**mark)(health_check))))
+        plugins.append((name, types.SimpleNamespace(status_report=hookimpl(**mark)(status_report))))
     first = [f"p{i}" for i, s in enumerate(specs) if s["mark"] == "tryfirst"]
     middle = [f"p{i}" for i, s in enumerate(specs) if s["mark"] is None]
     last = [f"p{i}" for i, s in enumerate(specs) if s["mark"] == "trylast"]
@@ -739,7 +747,7 @@ def test_order_results_and_errors_follow_the_rules_for_any_implementations(specs
 
     async def scenario() -> None:
         async with harness.running() as runtime:
-            outcomes = await runtime.hooks.health_check.call_each()
+            outcomes = await runtime.hooks.status_report.call_each()
             assert [o.plugin for o in outcomes] == expected == called
             for outcome in outcomes:
                 spec = spec_of[outcome.plugin]
@@ -753,11 +761,11 @@ def test_order_results_and_errors_follow_the_rules_for_any_implementations(specs
             failing = [name for name in expected if spec_of[name]["fails"]]
             if failing:
                 with pytest.raises(ValueError, match=r"^p\d") as info:
-                    await runtime.hooks.health_check()
+                    await runtime.hooks.status_report()
                 assert str(info.value) == failing[0]
                 assert called == expected[: expected.index(failing[0]) + 1]
             else:
-                assert await runtime.hooks.health_check() == [
+                assert await runtime.hooks.status_report() == [
                     spec_of[name]["answer"] for name in expected
                 ]
                 assert called == expected
