@@ -54,6 +54,7 @@ from .._fatal import FatalError, fatal
 from .._logging import LEVELS
 from .._manager import get_plugin_manager, known_hooks, readable_name, validate
 from .._runtime import Runtime
+from ..dbpool import jobs_in_flight
 from ..hookspecs import hookimpl
 
 _LEVEL_OF_LOGURU_NAME = {loguru_name: level for level, (loguru_name, _) in LEVELS.items()}
@@ -164,7 +165,8 @@ _HELD = 1e300
 
 
 class _AutojumpHold(trio.abc.Instrument):
-    """Holds a MockClock's autojump while a ``trio.to_thread`` worker of the run is busy.
+    """Holds a MockClock's autojump while a ``trio.to_thread`` worker or a database pool's
+    worker thread (``oversip_hooks.dbpool``) is busy.
 
     One per run (in :data:`_HOLD`), shared by the harnesses that run in it."""
 
@@ -174,7 +176,7 @@ class _AutojumpHold(trio.abc.Instrument):
         self._held: float | None = None  # the threshold put aside while threads work
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        busy = trio.testing.active_thread_count() > 0
+        busy = trio.testing.active_thread_count() > 0 or jobs_in_flight() > 0
         if busy and self._held is None:
             self._held = self.clock.autojump_threshold
             self.clock.autojump_threshold = _HELD

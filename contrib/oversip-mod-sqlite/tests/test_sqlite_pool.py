@@ -314,7 +314,7 @@ def checkpoint_is_blocked(database: Path) -> bool:
     """Whether some connection holds a read snapshot of the WAL: a TRUNCATE checkpoint
     from a separate connection that does not wait (timeout=0) then reports busy."""
     with closing(sqlite3.connect(database, timeout=0, isolation_level=None)) as connection:
-        pragma(connection, "schema_version")  # see _shut() in _pool.py
+        pragma(connection, "schema_version")  # see _SQLiteDriver.close() in _pool.py
         with closing(connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")) as cursor:
             busy, _, _ = cursor.fetchone()
     return bool(busy)

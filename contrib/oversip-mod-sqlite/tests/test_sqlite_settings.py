@@ -60,6 +60,9 @@ BAD_SETTINGS: list[tuple[str, Callable[[Path], dict[str, Any]]]] = [
     ("timeout", lambda tmp: {"timeout": float("nan")}),
     ("detect_types", lambda tmp: {"detect_types": 8}),
     ("cached_statements", lambda tmp: {"cached_statements": -1}),
+    ("synchronous", lambda tmp: {"synchronous": "FAST"}),
+    ("synchronous", lambda tmp: {"synchronous": 1}),
+    ("synchronous", lambda tmp: {"synchronous": None}),
 ]
 
 

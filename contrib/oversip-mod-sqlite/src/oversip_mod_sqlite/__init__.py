@@ -99,9 +99,16 @@ def add_pool(
         size: how many connections, and so how many statements at once.
         on_connect: a plain function called with each new ``sqlite3.Connection``, in a
             worker thread: create tables, set pragmas or ``row_factory``, register
-            functions. It must not leave a transaction open.
+            functions. It must not leave a transaction open, nor set ``synchronous``
+            (an option: the pool decides from it which writes may run in trio's
+            thread).
         connect_options: ``timeout`` (the busy timeout in seconds, 5.0 by default),
-            ``detect_types`` and ``cached_statements``, as for ``sqlite3.connect``.
+            ``detect_types`` and ``cached_statements``, as for ``sqlite3.connect``;
+            ``synchronous``, SQLite's ``PRAGMA synchronous``: ``"FULL"`` (the default: a
+            committed transaction survives a power loss), ``"EXTRA"``, ``"NORMAL"`` (a
+            power loss or an OS crash may undo the last transactions committed, never
+            corrupt the database; much faster writes, which then run in trio's thread)
+            or ``"OFF"`` (a power loss or an OS crash may corrupt the database).
 
     Returns:
         The pool, not open yet.

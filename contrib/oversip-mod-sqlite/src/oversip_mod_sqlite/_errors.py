@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from oversip_hooks import dbpool
+
 
 class SQLiteSettingsError(ValueError):
     """``add_pool()`` was given a bad setting; nothing has been opened.
@@ -28,8 +30,9 @@ class UnknownPoolError(LookupError):
     that were."""
 
 
-class PoolClosedError(RuntimeError):
-    """A pool was used before the ``started`` hook opened it, or after it was closed."""
+class PoolClosedError(dbpool.PoolClosedError):
+    """A pool was used before the ``started`` hook opened it, or after it was closed.
+    A ``RuntimeError``, as every pool engine's ``dbpool.PoolClosedError`` is."""
 
 
 class PoolOpenError(RuntimeError):

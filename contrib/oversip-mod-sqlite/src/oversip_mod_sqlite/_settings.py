@@ -8,7 +8,8 @@
 # The connect options are an allow-list, not passed through to sqlite3.connect:
 # `isolation_level` and `check_same_thread` are the pool's to set, `uri` and `factory`
 # would change what `database` means or what a connection is, and a misspelt option must
-# be refused, not ignored.
+# be refused, not ignored. `synchronous` is among them although it is a PRAGMA, not an
+# argument of sqlite3.connect: it is set on each connection as it opens, like WAL mode.
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class PoolSettings:
     timeout: float = 5.0
     detect_types: int = 0
     cached_statements: int = 128
+    synchronous: str = "FULL"  # one of SYNCHRONOUS, upper case
 
 
 def _is_seconds(value: object) -> bool:
@@ -62,6 +64,14 @@ def _is_count(value: object) -> bool:
     return type(value) is int and value >= 0
 
 
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+"""The values of the ``synchronous`` option, as SQLite names them (any case)."""
+
+
+def _is_synchronous(value: object) -> bool:
+    return isinstance(value, str) and value.upper() in SYNCHRONOUS
+
+
 # Each connect option: how to check it, and what it should be, for the error message.
 _OPTIONS: dict[str, tuple[Callable[[object], bool], str]] = {
     "timeout": (_is_seconds, "expected a number of seconds >= 0 (the busy timeout)"),
@@ -70,6 +80,10 @@ _OPTIONS: dict[str, tuple[Callable[[object], bool], str]] = {
         "expected 0, sqlite3.PARSE_DECLTYPES, sqlite3.PARSE_COLNAMES or both or-ed",
     ),
     "cached_statements": (_is_count, "expected an int >= 0"),
+    "synchronous": (
+        _is_synchronous,
+        "expected 'FULL' (the default), 'EXTRA', 'NORMAL' or 'OFF' (SQLite's PRAGMA synchronous)",
+    ),
 }
 
 
@@ -114,6 +128,8 @@ def check_settings(
         if not is_valid(value):
             raise SQLiteSettingsError(option, value, expected, name)
         options[option] = value
+    if "synchronous" in options:
+        options["synchronous"] = options["synchronous"].upper()
     return PoolSettings(name, path, size, callback, **options)
 
 

@@ -1,0 +1,185 @@
+"""A pool in a real runtime (oversip_hooks.testing) on the private server: each call
+commits on its own, a transaction and run() as a whole; a lost connection fails its call
+clearly and is replaced; a cancelled statement is killed on the server; the password
+shows nowhere."""
+
+from __future__ import annotations
+
+import pickle
+
+import MySQLdb
+import pytest
+import trio
+from oversip_hooks import hookimpl
+from oversip_hooks.testing import LifecycleHarness
+
+import oversip_mod_mysql
+from oversip_mod_mysql import ConnectionLostError, MySQLSettingsError, UnknownPoolError
+from oversip_mod_mysql.testing import PrivateServer
+
+from mysql_helpers import register_pool, rows
+
+INSERT = "INSERT INTO items (name) VALUES (%s)"
+
+
+async def test_each_call_commits_on_its_own_and_executemany_as_a_whole(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=2)
+    async with lifecycle.running():
+        pool = user.opened()
+        result = await pool.execute(INSERT, ("a",))
+        assert (result.rowcount, result.lastrowid) == (1, 1)
+        assert rows(server) == [(1, "a")]
+        with pytest.raises(MySQLdb.IntegrityError):
+            await pool.executemany(
+                "INSERT INTO items (id, name) VALUES (%s, %s)", [(2, "b"), (1, "dup")]
+            )
+        assert rows(server) == [(1, "a")]  # the first row of the failed batch is not in
+        assert await pool.fetchone("SELECT name FROM items WHERE id = %s", (1,)) == ("a",)
+        assert await pool.fetchall("SELECT id FROM items") == [(1,)]
+
+
+async def test_a_transaction_commits_at_its_end_and_rolls_back_when_it_raises(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=2)
+    async with lifecycle.running():
+        pool = user.opened()
+        async with pool.transaction() as tx:
+            await tx.execute(INSERT, ("a",))
+            await tx.executemany(INSERT, [("b",), ("c",)])
+            assert rows(server) == []
+            assert len(await tx.fetchall("SELECT * FROM items")) == 3
+        assert [name for _, name in rows(server)] == ["a", "b", "c"]
+
+        async def insert_then_fail() -> None:
+            async with pool.transaction("SERIALIZABLE") as tx:
+                await tx.execute(INSERT, ("d",))
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            await insert_then_fail()
+        assert len(rows(server)) == 3
+        with pytest.raises(ValueError, match="isolation must be one of"):
+            async with pool.transaction("CHAOTIC"):
+                pass
+
+
+async def test_run_is_one_transaction_in_the_worker_thread(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=1)
+
+    def insert(connection: object, names: list[str], fail: bool) -> int:
+        with connection.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.executemany(INSERT, [(name,) for name in names])
+        if fail:
+            raise RuntimeError("after the inserts")
+        return len(names)
+
+    async with lifecycle.running():
+        pool = user.opened()
+        assert await pool.run(insert, ["a", "b"], False) == 2
+        with pytest.raises(RuntimeError, match="after the inserts"):
+            await pool.run(insert, ["c"], True)
+        assert [name for _, name in rows(server)] == ["a", "b"]
+
+
+async def test_a_connection_killed_on_the_server_fails_its_call_and_is_replaced(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=1)
+    async with lifecycle.running():
+        pool = user.opened()
+        errors: list[ConnectionLostError] = []
+
+        async def carry_on_after_a_lost_connection() -> None:
+            async with pool.transaction() as tx:
+                await tx.execute(INSERT, ("lost",))
+                (thread_id,) = await tx.fetchone("SELECT CONNECTION_ID()")
+                server.admin(f"KILL CONNECTION {thread_id}")
+                try:
+                    await tx.execute(INSERT, ("after",))
+                except ConnectionLostError as exc:
+                    errors.append(exc)
+                await tx.execute(INSERT, ("never",))  # refused: not in autocommit instead
+
+        with pytest.raises(ConnectionLostError, match="this transaction's connection was lost"):
+            await carry_on_after_a_lost_connection()
+        assert "the connection was lost during this call (2013 " in str(errors[0])
+        assert server.password not in str(errors[0])
+        assert rows(server) == []
+        await pool.execute(INSERT, ("later",))  # on a new connection
+        assert [name for _, name in rows(server)] == ["later"]
+        assert pool.stats().reconnects == 1
+
+
+async def test_a_cancelled_statement_is_killed_on_the_server_and_the_connection_stays(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=1)
+    async with lifecycle.running():
+        pool = user.opened()
+        with trio.move_on_after(0.3) as scope:
+            await pool.fetchone("SELECT SLEEP(60)")
+        assert scope.cancelled_caught
+        assert await pool.fetchone("SELECT 1") == (1,)  # waited for the killed one
+        assert not server.admin(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%'"
+        )
+        assert pool.stats().reconnects == 0
+
+
+class Misuse:
+    """Asks, from its started hook, for a pool that does not exist, and adds one late."""
+
+    def __init__(self, server: PrivateServer) -> None:
+        self.server = server
+        self.errors: list[Exception] = []
+
+    @hookimpl
+    def started(self) -> None:
+        for misuse in (
+            lambda: oversip_mod_mysql.pool("other"),
+            lambda: oversip_mod_mysql.add_pool("late", **self.server.pool_settings()),
+        ):
+            try:
+                misuse()
+            except Exception as exc:
+                self.errors.append(exc)
+
+
+async def test_the_password_is_in_no_repr_and_no_message(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=1)
+    misuse = Misuse(server)
+    lifecycle.register(misuse, name="misuse")
+    async with lifecycle.running():
+        pool = user.opened()
+        shown = [repr(pool), repr(pool.settings), str(pool.stats()), f"{pool.settings.password}"]
+        assert all(server.password not in text for text in shown), shown
+        with pytest.raises(TypeError, match="not pickled"):
+            pickle.dumps(pool.settings)
+    unknown, late = misuse.errors
+    assert isinstance(unknown, UnknownPoolError)
+    assert "no MySQL pool named 'other'; the pools are: 'main'" in str(unknown)
+    assert "add_pool() must be called from an initialize hook, not while the runtime is " in (
+        str(late)
+    )
+    assert all(server.password not in line for line in lifecycle.lines)
+
+
+def test_a_bad_password_type_is_named_without_its_value(server: PrivateServer) -> None:
+    from oversip_mod_mysql._settings import check_settings
+
+    settings = {**server.pool_settings(), "password": server.password.encode()}
+    with pytest.raises(MySQLSettingsError) as refused:
+        check_settings(
+            "main", unix_socket=None, size=1, on_connect=None, connect_options={}, taken=(),
+            **settings,
+        )  # fmt: skip
+    assert refused.value.setting == "password"
+    assert server.password not in str(refused.value)
+    assert "password=<hidden> is invalid: expected a str, not bytes" in str(refused.value)
