@@ -19,6 +19,19 @@ from . import dispatch, lifecycle, log_lines, memory, signals, startup
 from ._measure import QUICK, Profile
 from ._report import Section, machine, markdown, table
 
+
+def _sqlite(profile: Profile) -> Section:
+    from . import sqlite  # its baseline: pip install -e 'contrib/oversip-mod-sqlite[bench]'
+
+    return sqlite.run(profile)
+
+
+def _mysql(profile: Profile) -> Section:
+    from . import mysql  # MariaDB and its baselines: see contrib/oversip-mod-mysql
+
+    return mysql.run(profile)
+
+
 SECTIONS: dict[str, Callable[[Profile], Section]] = {
     "dispatch": dispatch.run,
     "lifecycle": lifecycle.run,
@@ -26,6 +39,8 @@ SECTIONS: dict[str, Callable[[Profile], Section]] = {
     "signals": signals.run,
     "logging": log_lines.run,
     "memory": memory.run,
+    "sqlite": _sqlite,
+    "mysql": _mysql,
 }
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 COMMAND = "python -m benchmarks"
@@ -57,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         # .pyc files, in every child, while the dependencies' .pyc files are used.
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         os.environ["PYTHONPYCACHEPREFIX"] = cache
+        # Child processes import oversip_hooks from this checkout, as this process does,
+        # not from wherever the environment's editable install points (the working tree,
+        # when RESULTS.md is made from a clean checkout of a commit).
+        root = str(Path(__file__).resolve().parent.parent)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [root, os.environ.get("PYTHONPATH")])
+        )
         started = time.monotonic()
         sections = []
         for name in options.only or SECTIONS:

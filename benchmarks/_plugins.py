@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pluggy
 import trio
 
-from oversip_hooks import Runtime, RuntimeState, get_plugin_manager, hookimpl
+from oversip_hooks import Runtime, RuntimeState, get_plugin_manager, hookimpl, hookspec
 
 
 class Trivial:
@@ -30,22 +30,6 @@ class Trivial:
     @hookimpl
     def terminated(self, runtime: Runtime, error: bool) -> None:
         pass
-
-
-class AsyncReload:
-    """An empty ``async def reload``: the worst case for the cost of awaiting a hook."""
-
-    @hookimpl
-    async def reload(self, runtime: Runtime) -> None:
-        pass
-
-
-class AsyncCheckpoint:
-    """An ``async def reload`` that awaits once, the least an async hook that does I/O does."""
-
-    @hookimpl
-    async def reload(self, runtime: Runtime) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 class Serving:
@@ -95,3 +79,50 @@ def stop_once_running(runtime: Runtime) -> Runtime:
 
     runtime.add_state_listener(listener)
     return runtime
+
+
+class BenchHooks:
+    """The extension hooks that the dispatch benchmark calls, declared by
+    :class:`DeclaresBenchHooks`."""
+
+    @hookspec
+    def bench_sync(self) -> None:
+        """Implemented by :class:`SyncHook`."""
+
+    @hookspec
+    def bench_async(self) -> None:
+        """Implemented by :class:`AsyncHook`."""
+
+    @hookspec
+    def bench_checkpoint(self) -> None:
+        """Implemented by :class:`CheckpointHook`."""
+
+
+class DeclaresBenchHooks:
+    """Declares :class:`BenchHooks` and implements none of them."""
+
+    extension_hooks = BenchHooks
+
+
+class SyncHook:
+    """An empty synchronous implementation: the cost of dispatch alone."""
+
+    @hookimpl
+    def bench_sync(self) -> None:
+        pass
+
+
+class AsyncHook:
+    """An empty ``async def`` implementation: the worst case for the cost of awaiting one."""
+
+    @hookimpl
+    async def bench_async(self) -> None:
+        pass
+
+
+class CheckpointHook:
+    """An ``async def`` implementation that awaits once, as one that does I/O does."""
+
+    @hookimpl
+    async def bench_checkpoint(self) -> None:
+        await trio.lowlevel.checkpoint()

@@ -26,19 +26,21 @@ from typing import NoReturn
 
 TIMEOUT = 60.0  # for any one wait: a child this slow is broken, not slow
 READY = "READY"
-COMMAND = ("-m", "oversip_hooks", "run")
+COMMAND = ("-m", "oversip_hooks")
 
 _names = itertools.count()
 
 
-def run_command(*arguments: str) -> list[str]:
-    """``python -m oversip_hooks run`` with ``arguments``, and ``-p no:NAME`` for each entry
-    point of the group ``oversip_hooks`` installed here: the lookup is done, as in any run,
-    but a child runs only the plugins that its benchmark gives it, whatever is installed."""
+def run_command(*arguments: str, subcommand: str = "run") -> list[str]:
+    """``python -m oversip_hooks run`` (or another ``subcommand``) with ``arguments``, and
+    ``-p no:NAME`` for each entry point of the group ``oversip_hooks`` installed here: the
+    lookup is done, as in any run, but a child runs only the plugins that its benchmark
+    gives it, whatever is installed."""
     installed = sorted(
         {found.name for found in importlib.metadata.entry_points(group="oversip_hooks")}
     )
-    return [*COMMAND, *(arg for name in installed for arg in ("-p", f"no:{name}")), *arguments]
+    blocked = (arg for name in installed for arg in ("-p", f"no:{name}"))
+    return [*COMMAND, subcommand, *blocked, *arguments]
 
 
 class Child:

@@ -29,6 +29,9 @@ class Row:
     ratio: Spread
     target: str = ""
     met: bool | None = None
+    # False when the target lies inside the ratio's interquartile range: the verdict is
+    # then the median's, but a rerun may well give the other one.
+    settled: bool = True
 
 
 @dataclass
@@ -60,7 +63,7 @@ def compare(
     limit: float | None = None,
 ) -> Row:
     """The row for ``subject`` over ``baseline``; met when the median ratio is at most
-    ``limit``, when there is one."""
+    ``limit``, when there is one, and settled unless ``limit`` is within its quartiles."""
     ratio = samples.ratio(subject, baseline)
     return Row(
         figure,
@@ -70,6 +73,7 @@ def compare(
         ratio,
         f"≤ {limit:g}x" if limit is not None else "",
         ratio.median <= limit if limit is not None else None,
+        limit is None or not ratio.q1 <= limit <= ratio.q3,
     )
 
 
@@ -128,7 +132,7 @@ HEADER = ("figure", "size", "subject", "baseline", "ratio", "IQR", "min-max", "n
 
 def _cells(row: Row) -> tuple[str, ...]:
     r = row.ratio
-    verdict = {True: "met", False: "MISSED", None: ""}[row.met]
+    verdict = {True: "met", False: "MISSED", None: ""}[row.met] + _unsettled(row)
     return (
         row.figure,
         row.size,
@@ -140,6 +144,10 @@ def _cells(row: Row) -> tuple[str, ...]:
         str(r.n),
         f"{row.target} {verdict}".strip(),
     )
+
+
+def _unsettled(row: Row) -> str:
+    return "" if row.settled else " (target within the IQR: a rerun may differ)"
 
 
 def table(sections: Sequence[Section]) -> str:
@@ -177,6 +185,7 @@ def markdown(sections: Sequence[Section], info: dict[str, str], command: str) ->
         out.extend(
             f"- {'met' if row.met else '**missed**'}: {row.figure}, {row.size}: "
             f"{row.ratio.median:.2f}x, subject {row.subject} (target {row.target})"
+            f"{_unsettled(row)}"
             for row in targets
         )
     for section in sections:

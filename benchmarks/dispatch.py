@@ -1,147 +1,188 @@
-# Dispatch of one lifecycle event to N plugins. The runtime has no public "call one hook"
-# API, so the event measured is `reload`, by two paths through one running Runtime:
+# Dispatch of one extension hook call to N implementations, through the public API only:
+# `await runtime.hooks.NAME()` and `await runtime.hooks.NAME.call_each(...)`, called from a
+# task beside a running Runtime, as a plugin's service would call them. Lifecycle hooks go
+# through the same calling path (`_callers.Calling`), so this is the figure for both; the
+# lifecycle's own events were measured through a private method before extension hooks
+# existed, and no longer are.
 #
-# - the reload cycle, public API only: `runtime.reload()`, then wait for the state listener
-#   to report RUNNING again. It includes waking the runtime's task and switching back.
-# - dispatch alone: `await runtime._run_reload()`, the private method that the runtime's
-#   task runs on a reload request: it builds the schedule (`_schedule`), calls each
-#   implementation through `_call` and logs "reloading"/"reloaded" (loguru has no sink
-#   here, so a log call returns early).
-#
-# The baselines call the very same functions: raw pluggy (`pm.hook.reload(runtime=...)`),
-# a plain Python loop, and for async implementations a hand-written
-# `for f in fns: await f(runtime)` inside `trio.run`.
+# Each baseline calls the very same functions: raw pluggy (`pm.hook.NAME()`, a plain
+# pluggy manager with the same plugin instances registered), a hand-written
+# `for f in fns: await f()` inside `trio.run`, and a hand-written nursery that starts each
+# function as a task. The calls are timed in a loop of `count`, the runtime's start and stop
+# outside the timed part.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+import pluggy
 import trio
 
-from oversip_hooks import Runtime, RuntimeState
+from oversip_hooks import Runtime, RuntimeState, hookspecs
 
 from ._measure import Profile, Samples, Variant, interleave, timed
-from ._plugins import AsyncCheckpoint, AsyncReload, Trivial, manager_of
+from ._plugins import (
+    AsyncHook,
+    BenchHooks,
+    CheckpointHook,
+    DeclaresBenchHooks,
+    SyncHook,
+    manager_of,
+)
 from ._report import Row, Section, compare
 
 SYNC_LIMIT = 1.2
 ASYNC_LIMIT = 1.3
+CONCURRENT_LIMIT = 1.3
 
 # (figure, subject, baseline, target), subject and baseline as (variant, metric).
 FIGURES: list[tuple[str, tuple[str, str], tuple[str, str], float | None]] = [
-    ("sync: dispatch / pluggy", ("runtime", "dispatch"), ("pluggy", "time"), SYNC_LIMIT),
-    ("sync: dispatch / loop", ("runtime", "dispatch"), ("loop", "time"), None),
-    ("sync: cycle / pluggy", ("runtime", "cycle"), ("pluggy", "time"), None),
+    ("sync: dispatch / pluggy", ("sync hooks", "time"), ("pluggy", "time"), SYNC_LIMIT),
     ("sync: pluggy / loop", ("pluggy", "time"), ("loop", "time"), None),
-    ("async: dispatch / loop", ("async runtime", "dispatch"), ("async loop", "time"), ASYNC_LIMIT),
-    ("async: cycle / loop", ("async runtime", "cycle"), ("async loop", "time"), None),
+    ("async: dispatch / loop", ("async hooks", "time"), ("async loop", "time"), ASYNC_LIMIT),
+    (
+        "async: call_each / loop",
+        ("async call_each", "time"),
+        ("async loop", "time"),
+        None,
+    ),
+    (
+        "concurrent: call_each / nursery",
+        ("concurrent call_each", "time"),
+        ("nursery", "time"),
+        CONCURRENT_LIMIT,
+    ),
     (
         "async, 1 checkpoint: dispatch / loop",
-        ("checkpoint runtime", "dispatch"),
+        ("checkpoint hooks", "time"),
         ("checkpoint loop", "time"),
         None,
     ),
 ]
 
 NOTES = f"""\
-The event is `reload`, sent to N plugins whose `reload(runtime)` does nothing; the figure
-is the time per event (all N implementations). **dispatch** is
-`await runtime._run_reload()` (private: the method the runtime's task runs on a reload
-request) from a task beside a running `Runtime`: building the schedule, calling each
-implementation through `Runtime._call`, two log calls with no loguru sink. **cycle** is the
-public path: `runtime.reload()` and waiting until a state listener sees RUNNING again; it
-adds waking the runtime's task and switching back. **pluggy** is `pm.hook.reload(runtime=r)`
-on the same plugins, **loop** is `for f in fns: f(r)` over the same bound methods, and for
-async implementations (`async def reload(runtime): pass`) **loop** is
-`for f in fns: await f(r)` inside `trio.run`. **async, 1 checkpoint** is the same with
-`async def reload(runtime): await trio.lowlevel.checkpoint()`, the least an async hook that
-does I/O awaits, for context. Targets: dispatch within {SYNC_LIMIT}x of raw
-pluggy (sync) and {ASYNC_LIMIT}x of the hand-written loop (async).
+One extension hook call to N implementations, declared by a plugin of its own that
+implements none; the figure is the time per call (all N implementations). **dispatch** is
+`await runtime.hooks.NAME()` from a task beside a running `Runtime` (no observer, no
+`--trace-hooks`, loguru with no sink), its results collected in plugin order.
+**sync**: N plugins whose `def bench_sync(self): pass` does nothing; **pluggy** is
+`pm.hook.bench_sync()` on a plain `pluggy.PluginManager` with the same plugin instances,
+**loop** `for f in fns: f()` over the same bound methods. **async**: `async def
+bench_async(self): pass`; **loop** is `for f in fns: await f()` inside `trio.run`;
+**call_each** is `await runtime.hooks.bench_async.call_each()` (every outcome collected,
+each with its duration). **concurrent**: `call_each(concurrently=True)` on the same async
+implementations, against a hand-written `async with trio.open_nursery() as n: for f in fns:
+n.start_soon(f)`. **async, 1 checkpoint** is `async def ...: await
+trio.lowlevel.checkpoint()`, the least an async hook that does I/O awaits, for context.
+Targets: sync within {SYNC_LIMIT}x of raw pluggy, async within {ASYNC_LIMIT}x of the
+hand-written loop, concurrent within {CONCURRENT_LIMIT}x of the hand-written nursery.
 """
 
+Call = Callable[[Runtime], Awaitable[object]]
 
-def _runtime(plugins: Sequence[object]) -> Variant:
-    pm = manager_of(plugins)  # registered once: a new Runtime may run the same manager
+
+def _runtime(plugins: Sequence[object], call: Call) -> Variant:
+    pm = manager_of([DeclaresBenchHooks(), *plugins])  # a new Runtime may run it again
 
     def measure(count: int) -> Mapping[str, float]:
         runtime = Runtime(pm, handle_signals=False)
-        running = _Running(runtime)
-        times: dict[str, float] = {}
+        running = trio.Event()
+        stop_listening = runtime.add_state_listener(
+            lambda state: running.set() if state is RuntimeState.RUNNING else None
+        )
+        seconds = 0.0
 
         async def drive() -> None:
+            nonlocal seconds
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(runtime.run)
-                await running.event.wait()
-                with timed() as cycle:
+                await running.wait()
+                # A state listener is an observer: with one, each call would build and
+                # send its events, which the figure is meant to be without.
+                stop_listening()
+                with timed() as timer:
                     for _ in range(count):
-                        await running.after(runtime.reload)
-                with timed() as dispatch:
-                    for _ in range(count):
-                        await runtime._run_reload()
+                        await call(runtime)
                 runtime.stop()
-            times["cycle"] = cycle.seconds / count
-            times["dispatch"] = dispatch.seconds / count
+            seconds = timer.seconds
 
         trio.run(drive)
-        return times
+        return {"time": seconds / count}
 
     return measure
 
 
-class _Running:
-    """Lets a task wait until the runtime is RUNNING again after a request."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.event = trio.Event()
-        runtime.add_state_listener(self._on_state)
-
-    def _on_state(self, state: RuntimeState) -> None:
-        if state is RuntimeState.RUNNING:
-            self.event.set()
-
-    async def after(self, request: Callable[[], None]) -> None:
-        self.event = trio.Event()
-        request()
-        await self.event.wait()
+async def _sync_call(runtime: Runtime) -> object:
+    return await runtime.hooks.bench_sync()
 
 
-def _pluggy(plugins: Sequence[object]) -> Variant:
-    hook = manager_of(plugins).hook.reload
-    runtime = Runtime(handle_signals=False)
+async def _async_call(runtime: Runtime) -> object:
+    return await runtime.hooks.bench_async()
+
+
+async def _async_call_each(runtime: Runtime) -> object:
+    return await runtime.hooks.bench_async.call_each()
+
+
+async def _concurrent_call_each(runtime: Runtime) -> object:
+    return await runtime.hooks.bench_async.call_each(concurrently=True)
+
+
+async def _checkpoint_call(runtime: Runtime) -> object:
+    return await runtime.hooks.bench_checkpoint()
+
+
+def _pluggy(plugins: Sequence[SyncHook]) -> Variant:
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(BenchHooks)
+    for index, plugin in enumerate(plugins):
+        pm.register(plugin, name=f"p{index}")
+    hook = pm.hook
 
     def measure(count: int) -> Mapping[str, float]:
         with timed() as timer:
             for _ in range(count):
-                hook(runtime=runtime)
+                hook.bench_sync()
         return {"time": timer.seconds / count}
 
     return measure
 
 
-def _loop(plugins: list[Trivial]) -> Variant:
-    functions = [plugin.reload for plugin in plugins]
-    runtime = Runtime(handle_signals=False)
+def _loop(plugins: Sequence[SyncHook]) -> Variant:
+    functions = [plugin.bench_sync for plugin in plugins]
 
     def measure(count: int) -> Mapping[str, float]:
         with timed() as timer:
             for _ in range(count):
                 for function in functions:
-                    function(runtime)
+                    function()
         return {"time": timer.seconds / count}
 
     return measure
 
 
-def _await_loop(plugins: list[AsyncReload] | list[AsyncCheckpoint]) -> Variant:
-    functions = [plugin.reload for plugin in plugins]
-    runtime = Runtime(handle_signals=False)
-
+def _await_loop(functions: Sequence[Callable[[], Awaitable[None]]]) -> Variant:
     def measure(count: int) -> Mapping[str, float]:
         async def loop() -> float:
             with timed() as timer:
                 for _ in range(count):
                     for function in functions:
-                        await function(runtime)
+                        await function()
+            return timer.seconds / count
+
+        return {"time": trio.run(loop)}
+
+    return measure
+
+
+def _nursery(functions: Sequence[Callable[[], Awaitable[None]]]) -> Variant:
+    def measure(count: int) -> Mapping[str, float]:
+        async def loop() -> float:
+            with timed() as timer:
+                for _ in range(count):
+                    async with trio.open_nursery() as nursery:
+                        for function in functions:
+                            nursery.start_soon(function)
             return timer.seconds / count
 
         return {"time": trio.run(loop)}
@@ -152,17 +193,20 @@ def _await_loop(plugins: list[AsyncReload] | list[AsyncCheckpoint]) -> Variant:
 def run(profile: Profile) -> Section:
     section = Section("Dispatch of one event to N plugins", notes=NOTES)
     for n in profile.dispatch_sizes:
-        sync = [Trivial() for _ in range(n)]
-        asynchronous = [AsyncReload() for _ in range(n)]
-        awaiting = [AsyncCheckpoint() for _ in range(n)]
+        sync = [SyncHook() for _ in range(n)]
+        asynchronous = [AsyncHook() for _ in range(n)]
+        awaiting = [CheckpointHook() for _ in range(n)]
         variants = {
-            "runtime": _runtime(sync),
+            "sync hooks": _runtime(sync, _sync_call),
             "pluggy": _pluggy(sync),
             "loop": _loop(sync),
-            "async runtime": _runtime(asynchronous),
-            "async loop": _await_loop(asynchronous),
-            "checkpoint runtime": _runtime(awaiting),
-            "checkpoint loop": _await_loop(awaiting),
+            "async hooks": _runtime(asynchronous, _async_call),
+            "async call_each": _runtime(asynchronous, _async_call_each),
+            "async loop": _await_loop([plugin.bench_async for plugin in asynchronous]),
+            "concurrent call_each": _runtime(asynchronous, _concurrent_call_each),
+            "nursery": _nursery([plugin.bench_async for plugin in asynchronous]),
+            "checkpoint hooks": _runtime(awaiting, _checkpoint_call),
+            "checkpoint loop": _await_loop([plugin.bench_checkpoint for plugin in awaiting]),
         }
         samples = interleave(
             variants, rounds=profile.rounds, budget=profile.budget, min_sample=profile.min_sample

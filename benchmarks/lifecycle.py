@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import trio
@@ -60,7 +61,10 @@ def run(profile: Profile) -> Section:
     sizes = profile.lifecycle_sizes
     variants = {f"N={n}": _lifecycle(n) for n in sizes}
     samples = interleave(
-        variants, rounds=profile.rounds, budget=profile.budget, min_sample=profile.min_sample
+        variants,
+        rounds=profile.lifecycle_rounds,
+        budget=math.inf,
+        min_sample=profile.min_sample,
     )
     smallest = f"N={sizes[0]}"
     section = Section("Whole lifecycle, per plugin, against the smallest N", notes=NOTES)

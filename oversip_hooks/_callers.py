@@ -190,7 +190,7 @@ class Calling:
         alone, with ``firstresult``); without ``collect``, the first error is raised
         and the rest are not called. Cancellations always go on up."""
         # Locals and unpacked tuples: this loop is the cost of every hook call.
-        watched = lifecycle or collect or self.trace or bool(self.observers)
+        watched = lifecycle or collect or self.trace or self.observers.watching_calls
         frame = sys._getframe()
         running = self.running
         generation = self.generation
@@ -343,7 +343,7 @@ class Calling:
     def _begin(
         self, hook: str, plugin: str, kwargs: Mapping[str, object], lifecycle: bool
     ) -> float:
-        if self.observers:
+        if self.observers.watching_calls:
             self.observers.send(HookCallStarted(hook, plugin, kwargs, lifecycle))
         return time.perf_counter()
 
@@ -365,7 +365,7 @@ class Calling:
                 "notice" if slow else "debug",
                 f"{hook} of {plugin!r} took {_seconds(seconds)}{raised}",
             )
-        if self.observers:
+        if self.observers.watching_calls:
             self.observers.send(HookCallEnded(hook, plugin, kwargs, lifecycle, seconds, error))
         return seconds
 
@@ -596,10 +596,12 @@ class HookRelay:
             )
         hook = self._hooks[name] = ExtensionHook(name, self._calling, self._pm)
         hook._token = self._token
+        setattr(self, name, hook)  # found as an attribute from now on: no __getattr__ call
         return hook
 
-    def attach(self, token: trio.lowlevel.TrioToken | None) -> None:
-        """Let ``call_from_thread`` reach the run that ``token`` names (None: no run)."""
+    def _attach(self, token: trio.lowlevel.TrioToken | None) -> None:
+        """Let ``call_from_thread`` reach the run that ``token`` names (None: no run);
+        underscored, for no extension hook can have its name."""
         self._token = token
         for hook in self._hooks.values():
             hook._token = token

@@ -18,20 +18,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib.metadata
 import json
 import os
 import signal
 import sys
 import threading
-import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypedDict
 
 import pluggy
 import trio
@@ -41,16 +38,14 @@ from . import _settings
 from ._callbacks import CALLBACKS_PLUGIN_NAME
 from ._discovery import ENTRY_POINT_GROUP, Plugins, Source, callbacks_source, load
 from ._logging import add_console_sink, emit
-from ._manager import LIFECYCLE_HOOKS
+from ._manager import LIFECYCLE_HOOKS, declare_extension_hooks, declared_hooks
 from ._notify import Notifier
 from ._order import NONE as NO_DECLARATIONS
 from ._order import declarations
 from ._pidfile import PidFile, check_pid_file, pid_file
 from ._runtime import Runtime
-from ._scaffold import create as create_module
 from ._settings import ConfigError
 from ._signals import StoppedBySignal, signals_caught
-from ._sinks import add_json_sink, add_syslog_sink
 from ._watchdog import GRACE
 
 PROG = "oversip-hooks"
@@ -98,16 +93,12 @@ def _exit_within_grace() -> None:
     exited by then: a plugin's thread that is not a daemon, or an atexit handler of its,
     would otherwise keep it alive, its signals ignored and its PID file gone."""
 
-    def end_now() -> None:
-        time.sleep(GRACE)
-        os.write(
-            2,
-            f"{PROG}: the process did not exit within {GRACE:g} s of the end of the run "
-            "(a plugin's thread or atexit handler still runs); ending it\n".encode(),
-        )
-        os._exit(1)
-
-    threading.Thread(target=end_now, name=f"{PROG} exit", daemon=True).start()
+    _end_unless(
+        threading.Event(),  # never set: the process exits before, or this ends it
+        lambda: os._exit(1),
+        f"the process did not exit within {GRACE:g} s of the end of the run (a plugin's "
+        "thread or atexit handler still runs); ending it",
+    )
 
 
 # -- the commands ------------------------------------------------------------------------
@@ -119,13 +110,24 @@ def _run(options: argparse.Namespace) -> int:
         return _refuse(plugins, debug=options.debug)
     timeouts = {
         name: getattr(options, name)
-        for name in ("startup_timeout", "shutdown_timeout", "blocked_loop_threshold")
-        if getattr(options, name) is not None
+        for name in (
+            "startup_timeout",
+            "shutdown_timeout",
+            "blocked_loop_threshold",
+            "slow_hook_threshold",
+            "drain",
+        )
+        if getattr(options, name)  # None: the runtime's default; a drain of 0 is its default
     }
     with ExitStack() as stack:
         held = None if options.pidfile is None else stack.enter_context(pid_file(options.pidfile))
-        runtime = Runtime(plugins.pm, on_overrun=lambda: _end_now(held), **timeouts)
-        return trio.run(_serve, runtime, notifier)
+        runtime = Runtime(
+            plugins.pm,
+            on_overrun=lambda: _end_now(held),
+            trace_hooks=options.trace_hooks,
+            **timeouts,
+        )
+        return trio.run(_serve, runtime, notifier, options.http, lambda: _end_now(held))
 
 
 def _interrupt(signum: int) -> NoReturn:
@@ -140,16 +142,62 @@ def _end_now(held: PidFile | None) -> NoReturn:
     os._exit(1)
 
 
-async def _serve(runtime: Runtime, notifier: Notifier | None) -> int:
-    if notifier is None:
+async def _serve(
+    runtime: Runtime,
+    notifier: Notifier | None,
+    http: tuple[str, int] | None,
+    end_process: Callable[[], object],
+) -> int:
+    """Run ``runtime`` with what stands around it: the HTTP probe server (listening
+    before ``initialize``, closed after the last ``terminated``) and systemd's
+    notifications. An HTTP address that cannot be listened on is bad input (status 2,
+    nothing run), as a live PID file is. What stands around the runtime has ``GRACE``
+    seconds to close after it: a plugin's health check stuck in a worker thread, which no
+    cancellation reaches, would otherwise keep the process alive, its signals ignored."""
+    if notifier is None and http is None:
         return await runtime.run()
-    runtime.add_state_listener(notifier.on_state)
+    listening = None
+    if http is not None:
+        from . import _health  # h11 and prometheus-client: only for the runs that serve
+
+        server = _health.HealthServer(runtime)
+        try:
+            listening = await _health.open_listeners(*http)
+        except OSError as exc:
+            host, port = http
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            _report(f"--http: cannot listen on {where}: {exc.strerror or exc}", exc, debug=False)
+            return 2
+    if notifier is not None:
+        runtime.add_state_listener(notifier.on_state)
     async with trio.open_nursery() as nursery:
-        if notifier.watchdog_interval is not None:
+        if listening is not None:
+            await nursery.start(server.serve, listening)
+        if notifier is not None and notifier.watchdog_interval is not None:
             await nursery.start(notifier.keep_alive)
         status = await runtime.run()
+        closed = threading.Event()
+        _end_unless(
+            closed,
+            end_process,
+            f"what serves beside the runtime (--http, systemd's watchdog) did not close "
+            f"within {GRACE:g} s of its end (a health check stuck in a thread?); ending",
+        )
         nursery.cancel_scope.cancel()
+    closed.set()
     return status
+
+
+def _end_unless(done: threading.Event, end_process: Callable[[], object], why: str) -> None:
+    """Say ``why`` on standard error and call ``end_process`` ``GRACE`` seconds from now,
+    in a thread of its own, unless ``done`` is set by then."""
+
+    def watch() -> None:
+        if not done.wait(GRACE):
+            os.write(2, f"{PROG}: {why}\n".encode())
+            end_process()
+
+    threading.Thread(target=watch, name=f"{PROG} closing", daemon=True).start()
 
 
 def _check(options: argparse.Namespace) -> int:
@@ -166,13 +214,15 @@ def _list_plugins(options: argparse.Namespace) -> int:
     if plugins.problems:
         return _refuse(plugins, debug=options.debug)
     order = _hook_order(plugins.pm)
+    extension = _extension_hook_order(plugins.pm)
     sources = plugins.sources
     if any(CALLBACKS_PLUGIN_NAME in names for names in order.values()):
         sources = [callbacks_source(), *sources]  # registered before all others
     declared = {source.name: _declared(plugins.pm, source.name) for source in sources}
     if options.json:
-        listed = [{**dataclasses.asdict(source), **declared[source.name]} for source in sources]
-        print(json.dumps({"plugins": listed, "hooks": order}, indent=2))
+        listed = [{**source._asdict(), **declared[source.name]} for source in sources]
+        listing = {"plugins": listed, "hooks": order, "extension_hooks": extension}
+        print(json.dumps(listing, indent=2))
         return 0
     print("plugins, in registration order:")
     rows = [
@@ -183,11 +233,19 @@ def _list_plugins(options: argparse.Namespace) -> int:
     print("\nhooks, in call order:")
     hooks = [(hook, ", ".join(names) or "(none)") for hook, names in order.items()]
     print("\n".join(_columns(hooks)))
+    print("\nextension hooks, in call order:")
+    declared_here = [
+        (hook, f"{', '.join(found['order']) or '(none)'} (declared by {found['declared_by']})")
+        for hook, found in extension.items()
+    ]
+    print("\n".join(_columns(declared_here)) if declared_here else "  (none)")
     return 0
 
 
 def _new(options: argparse.Namespace) -> int:
-    target = create_module(options.name, Path.cwd())
+    from ._scaffold import create  # only `new` writes files: no start pays for it
+
+    target = create(options.name, Path.cwd())
     print(f"{PROG}: wrote {target}; next: pip install -e '{target}[test]', then pytest there")
     return 0
 
@@ -210,10 +268,14 @@ def _prepare(options: argparse.Namespace, *, for_run: bool) -> tuple[Notifier | 
         check_pid_file(options.pidfile)
     logger.remove()
     if options.log_format == "json":
+        from ._sinks import add_json_sink  # imported by the runs that use it only
+
         add_json_sink(sys.stderr, level=options.log_level)
     else:
         add_console_sink(sys.stderr, level=options.log_level)
     if options.syslog is not None:
+        from ._sinks import add_syslog_sink
+
         sink = add_syslog_sink(
             options.syslog, facility=options.syslog_facility, level=options.log_level
         )
@@ -234,6 +296,22 @@ def _hook_order(pm: pluggy.PluginManager) -> dict[str, list[str]]:
     ``SystemCallbacks`` standing for the callbacks registered so far."""
     runtime = Runtime(pm, handle_signals=False)
     return {hook: runtime.hook_order(hook) for hook in LIFECYCLE_HOOKS}
+
+
+class _ExtensionHook(TypedDict):
+    declared_by: str
+    order: list[str]
+
+
+def _extension_hook_order(pm: pluggy.PluginManager) -> dict[str, _ExtensionHook]:
+    """Each extension hook, by name: the plugin that declares it (``declared_by``) and
+    the plugins whose implementations run, in the order they run (``order``)."""
+    declare_extension_hooks(pm)  # as validation does; `pm` passed it, so this cannot fail
+    runtime = Runtime(pm, handle_signals=False)
+    return {
+        hook: _ExtensionHook(declared_by=declarer, order=runtime.hook_order(hook))
+        for hook, declarer in declared_hooks(pm).items()
+    }
 
 
 def _load(options: argparse.Namespace) -> Plugins:
@@ -319,10 +397,36 @@ def _blocked(text: str) -> str:
     return name
 
 
+class _Version(argparse.Action):
+    """``--version``, which reads the installed version only when asked: importing
+    importlib.metadata and reading a distribution's metadata would cost every start
+    milliseconds (argparse's own ``action="version"`` wants the text up front)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show the program's version number and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        from importlib.metadata import version
+
+        print(f"{PROG} {version('oversip-hooks')}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
-    version = f"{PROG} {importlib.metadata.version('oversip-hooks')}"
     common = _Parser(add_help=False)
-    common.add_argument("--version", action="version", version=version)
+    common.add_argument("--version", action=_Version)
     common.add_argument(
         "server",
         nargs="?",
@@ -366,7 +470,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 clean stop, 1 error once the lifecycle has begun, "
         "2 bad input (nothing started).",
     )
-    parser.add_argument("--version", action="version", version=version)
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
     run = commands.add_parser(
         "run",

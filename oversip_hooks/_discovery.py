@@ -33,11 +33,16 @@
 # read until memory runs out. Any exception its code raises, BaseExceptions included, is
 # bad input; a KeyboardInterrupt also ends the loading, since it may be the operator's
 # Ctrl-C.
+#
+# The entry points are read with importlib.metadata, although importing it (email,
+# zipfile, csv) is about 6% of the command's time to READY=1: a reader of our own would
+# have to follow its rules (sys.path order, the first distribution of a normalized name
+# winning, eggs, zips, other finders) and keep following them; a cache would be stale the
+# moment a module is installed.
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import errno
 import importlib
 import importlib.metadata
@@ -48,16 +53,18 @@ import sys
 import traceback
 import types
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 
 from ._callbacks import CALLBACKS_PLUGIN_NAME, CallbackRegistry, snapshot
 from ._manager import (
+    EXTENSION_HOOKS_ATTRIBUTE,
     LIFECYCLE_HOOKS,
+    PROBE_HOOKS,
     PluginManager,
+    add_declared_hooks,
     close_match,
     looks_like,
     oversip_name,
@@ -83,8 +90,12 @@ MAX_SERVER_FILE = 10 * 1024 * 1024
 _MACHINERY = (str(Path(importlib.__file__).parent), str(Path(__file__).parent))
 
 
-@dataclass(frozen=True)
-class Source:
+# The records below are NamedTuples, not dataclasses: a dataclass writes and compiles its
+# methods' source as the module is imported, about half a millisecond each, paid by every
+# start of the command before `initialize`.
+
+
+class Source(NamedTuple):
     """Where a registered plugin came from.
 
     Attributes:
@@ -118,24 +129,23 @@ class Source:
         return "the server file"
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One reason not to start: a one-line message, and the exception behind it."""
 
     message: str
     error: BaseException | None = None
 
 
-@dataclass
 class Plugins:
     """What :func:`load` found: the manager with every plugin that loaded cleanly, where
     each came from, in registration order, the problems with the others, and warnings
     (a plugin with no hook), each one line, that do not stop a start."""
 
-    pm: pluggy.PluginManager
-    sources: list[Source] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.sources: list[Source] = []
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
 
 
 class _PluginManager(PluginManager):
@@ -170,9 +180,10 @@ def _defined_in_server_file(value: object) -> bool:
 
 
 def _looks_like_a_hook(name: str) -> bool:
-    return name in LIFECYCLE_HOOKS or (
+    hooks = (*LIFECYCLE_HOOKS, *PROBE_HOOKS)  # the hooks a server file defines unmarked
+    return name in hooks or (
         not name.startswith("_")
-        and (looks_like(name, LIFECYCLE_HOOKS) is not None or oversip_name(name) is not None)
+        and (looks_like(name, hooks) is not None or oversip_name(name) is not None)
     )
 
 
@@ -218,10 +229,11 @@ def load(
             loader.module(module)
         if server is not None:
             loader.server_file(server)
-        for error in declaration_problems(loader.plugins.pm):  # requires/after, cycles
-            loader.plugins.problems.append(Problem(_one_line(str(error)), error))
     except _Interrupted:
         pass
+    loader.register_loaded()
+    for error in declaration_problems(loader.plugins.pm):  # requires/after, cycles
+        loader.plugins.problems.append(Problem(_one_line(str(error)), error))
     return loader.plugins
 
 
@@ -238,11 +250,24 @@ class _Interrupted(Exception):
     """A KeyboardInterrupt while loading: the loading stops there."""
 
 
+class _Loaded(NamedTuple):
+    """A plugin loaded, not checked yet: checked once every plugin is loaded, so that an
+    implementation of an extension hook that a later plugin declares is known; or the
+    problem of one that failed to load (not ``loaded``), kept in its place."""
+
+    source: Source
+    plugin: object
+    problems: list[Problem]
+    added_callbacks: bool
+    loaded: bool = True
+
+
 class _Loader:
     def __init__(self) -> None:
         self.plugins = Plugins(_PluginManager())
         self._labels: dict[str, str] = {}
         self._top_level: Mapping[str, list[str]] | None = None
+        self._loaded: list[_Loaded] = []
 
     def _distributions(self) -> Mapping[str, list[str]]:
         # Read once per load: packages_distributions() parses the metadata of every
@@ -291,27 +316,44 @@ class _Loader:
         except StoppedBySignal:
             raise
         except BaseException as exc:
-            self._problem(f"{_failure(exc)} (while loading {source.label})", exc)
+            problem = Problem(f"{_failure(exc)} (while loading {source.label})", exc)
+            self._loaded.append(_Loaded(source, None, [problem], False, loaded=False))
             if isinstance(exc, KeyboardInterrupt):
                 raise _Interrupted from exc
             return
-        problems = check(plugin) + _check_hooks(plugin, source.name)
+        added = _callback_count(snapshot()) != callbacks
+        self._loaded.append(_Loaded(source, plugin, check(plugin), added))
+
+    def register_loaded(self) -> None:
+        """Check each loaded plugin's hooks, knowing every extension hook that the loaded
+        plugins declare, and register those without a problem, in loading order."""
+        declared = [
+            namespace
+            for each in self._loaded
+            if each.loaded
+            and (namespace := getattr(each.plugin, EXTENSION_HOOKS_ATTRIBUTE, None)) is not None
+        ]
         pm = self.plugins.pm
-        if problems:
-            self.plugins.problems.extend(problems)
-        elif (other := pm.get_name(plugin)) is not None:
-            self._problem(f"{source.label}: already loaded as {other!r}")
-        elif pm.has_plugin(source.name):
-            taken_by = self._labels[source.name]
-            self._problem(
-                f"{source.label}: the name {source.name!r} is already taken by {taken_by}"
-            )
-        else:
-            pm.register(plugin, name=source.name)
-            self._labels[source.name] = source.label
-            self.plugins.sources.append(_completed(source, plugin, self._distributions))
-            if not pm.get_hookcallers(plugin) and _callback_count(snapshot()) == callbacks:
-                self.plugins.warnings.append(_no_hooks(source, plugin))
+        for source, plugin, problems, added_callbacks, loaded in self._loaded:
+            if not loaded:
+                self.plugins.problems.extend(problems)
+                continue
+            problems = problems + _check_hooks(plugin, source.name, declared)
+            if problems:
+                self.plugins.problems.extend(problems)
+            elif (other := pm.get_name(plugin)) is not None:
+                self._problem(f"{source.label}: already loaded as {other!r}")
+            elif pm.has_plugin(source.name):
+                taken_by = self._labels[source.name]
+                self._problem(
+                    f"{source.label}: the name {source.name!r} is already taken by {taken_by}"
+                )
+            else:
+                pm.register(plugin, name=source.name)
+                self._labels[source.name] = source.label
+                self.plugins.sources.append(_completed(source, plugin, self._distributions))
+                if not pm.get_hookcallers(plugin) and not added_callbacks:
+                    self.plugins.warnings.append(_no_hooks(source, plugin))
 
     def _problem(self, message: str, error: BaseException | None = None) -> None:
         self.plugins.problems.append(Problem(message, error))
@@ -366,7 +408,7 @@ def _check_server_names(module: types.ModuleType, path: Path, code: bytes) -> li
     bound to something that would not run as that hook."""
     finder = _PluginManager()
     problems = []
-    for hook in LIFECYCLE_HOOKS:
+    for hook in (*LIFECYCLE_HOOKS, *PROBE_HOOKS):
         if hook not in vars(module):
             continue
         value = vars(module)[hook]
@@ -432,15 +474,17 @@ def _binding_line(code: bytes, name: str) -> int | None:
     return max(lines, default=None)
 
 
-def _check_hooks(plugin: object, name: str) -> list[Problem]:
+def _check_hooks(plugin: object, name: str, declared: Sequence[object]) -> list[Problem]:
     """A problem for each hook implementation of ``plugin`` that cannot be registered or
-    fails validation, in the order of their definitions; then, if each is valid alone, a
-    problem if the plugin as a whole is not (one hook implemented twice)."""
+    fails validation, knowing the extension hooks ``declared`` by the loaded plugins, in
+    the order of their definitions; then, if each is valid alone, a problem if the plugin
+    as a whole is not (one hook implemented twice, an extension hook it cannot declare)."""
     finder = _PluginManager()
     hooks = [attr for attr in dir(plugin) if finder.parse_hookimpl_opts(plugin, attr) is not None]
     problems = []
     for attribute in sorted(hooks, key=lambda attr: _definition(getattr(plugin, attr))):
         alone = _PluginManager(only=attribute)
+        add_declared_hooks(alone, declared)
         try:
             alone.register(plugin, name=name)
             validate(alone)
@@ -452,6 +496,7 @@ def _check_hooks(plugin: object, name: str) -> list[Problem]:
             problems.append(Problem(f"{where}{_one_line(str(exc))}", exc))
     if not problems:
         whole = _PluginManager()
+        add_declared_hooks(whole, declared)
         try:
             whole.register(plugin, name=name)
             validate(whole)
@@ -505,15 +550,13 @@ def _completed(
 ) -> Source:
     """``source`` with the file and, for a ``--plugin`` module, the distribution filled in."""
     path = source.path or getattr(inspect.getmodule(plugin), "__file__", None)
-    source = dataclasses.replace(source, path=path)
+    source = source._replace(path=path)
     if source.origin != OPTION:
         return source
     dists = distributions().get(source.target.partition(".")[0])
     if not dists:
         return source
-    return dataclasses.replace(
-        source, distribution=dists[0], version=importlib.metadata.version(dists[0])
-    )
+    return source._replace(distribution=dists[0], version=importlib.metadata.version(dists[0]))
 
 
 def _failure(exc: BaseException) -> str:

@@ -1,4 +1,6 @@
-# What the runtime tells its observers: typed events, each an immutable record, handed to
+# What the runtime tells its observers: typed events, each an immutable record (a
+# NamedTuple: a frozen dataclass compiles its methods as the module is imported, which every
+# start of the command would pay), handed to
 # every observer in the runtime's thread, in the order things happen. An observer is
 # plugin or test code watching the runtime (the command's systemd notifier, the testing
 # harness, metrics); it must never be able to break what it watches, so one that raises is
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._fatal import printable
 from ._logging import emit
@@ -33,15 +35,13 @@ class RuntimeState(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True, slots=True)
-class StateChanged:
+class StateChanged(NamedTuple):
     """The runtime entered ``state``."""
 
     state: RuntimeState
 
 
-@dataclass(frozen=True, slots=True)
-class HookCallStarted:
+class HookCallStarted(NamedTuple):
     """An implementation of ``hook`` by ``plugin`` is about to be called with ``kwargs``;
     ``lifecycle`` tells a lifecycle hook from an extension hook."""
 
@@ -51,8 +51,7 @@ class HookCallStarted:
     lifecycle: bool
 
 
-@dataclass(frozen=True, slots=True)
-class HookCallEnded:
+class HookCallEnded(NamedTuple):
     """That call returned (``error`` is ``None``) or raised ``error``, after ``seconds``."""
 
     hook: str
@@ -63,16 +62,14 @@ class HookCallEnded:
     error: BaseException | None
 
 
-@dataclass(frozen=True, slots=True)
-class LoopBlocked:
+class LoopBlocked(NamedTuple):
     """Plugin code has kept the event loop from running for ``seconds`` so far; sent from
     the watchdog's thread, while the loop is still blocked."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class ShutdownOverran:
+class ShutdownOverran(NamedTuple):
     """The shutdown did not complete as asked: ``what`` ran out of the shutdown timeout,
     or (``abandoned``) a second stop signal gave it up."""
 
@@ -85,43 +82,54 @@ Observer = Callable[[Event], object]
 
 
 class Observers:
-    """The observers of one runtime; falsy when there are none, so that the hot paths can
-    skip building events nobody reads."""
+    """The observers of one runtime. ``watching_calls`` is false when none wants the
+    events of hook calls, so that the calling path builds none: a state listener (the
+    command's systemd notifier) must not make every hook call dearer."""
 
     def __init__(self) -> None:
-        # One 1-tuple per registration: its identity tells two registrations of one
-        # function apart, so that each remover removes its own.
-        self._entries: list[tuple[Observer]] = []
+        # One tuple per registration, (observer, wants hook calls): its identity tells two
+        # registrations of one function apart, so that each remover removes its own.
+        self._entries: list[tuple[Observer, bool]] = []
+        self.watching_calls = False
 
     def __bool__(self) -> bool:
         return bool(self._entries)
 
-    def add(self, observer: Observer) -> Callable[[], None]:
+    def add(self, observer: Observer, *, calls: bool = True) -> Callable[[], None]:
         """Add ``observer``; return a function that removes it (calling it twice is
-        harmless).
+        harmless). ``calls=False``: it is not sent ``HookCallStarted``/``HookCallEnded``.
 
         Raises:
             TypeError: ``observer`` is not callable.
         """
         if not callable(observer):
             raise TypeError(f"an observer must be callable, not {type(observer).__name__}")
-        entry = (observer,)
+        entry = (observer, calls)
         self._entries.append(entry)
+        self._update()
         return lambda: self._discard(entry)
 
     def send(self, event: Event) -> None:
-        """Hand ``event`` to each observer; log and remove one that raises."""
+        """Hand ``event`` to each observer that wants it; log and remove one that raises."""
+        call = isinstance(event, HookCallStarted | HookCallEnded)
         for entry in tuple(self._entries):
+            observer, calls = entry
+            if call and not calls:
+                continue
             try:
-                entry[0](event)
+                observer(event)
             except Exception as exc:
                 self._discard(entry)
                 emit(
                     LOG_ID,
                     "crit",
-                    f"observer {printable(entry[0])} failed and was removed: {printable(exc)}",
+                    f"observer {printable(observer)} failed and was removed: {printable(exc)}",
                     exception=exc,
                 )
 
-    def _discard(self, entry: tuple[Observer]) -> None:
+    def _discard(self, entry: tuple[Observer, bool]) -> None:
         self._entries[:] = [each for each in self._entries if each is not entry]
+        self._update()
+
+    def _update(self) -> None:
+        self.watching_calls = any(calls for _, calls in self._entries)

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import types
 from collections.abc import Callable, Sequence
@@ -30,6 +29,8 @@ from ._fatal import printable
 from ._order import check_declarations
 
 LIFECYCLE_HOOKS = ("initialize", "lifespan", "started", "reload", "terminated")
+# The extension hooks that the runtime itself declares (`run --http` calls them).
+PROBE_HOOKS = ("health_check", "metrics_collectors")
 EXTENSION_HOOKS_ATTRIBUTE = "extension_hooks"
 
 
@@ -43,7 +44,7 @@ class PluginManager(pluggy.PluginManager):
         self.generation = 0
         super().__init__(hookspecs.PROJECT_NAME)
         self.add_hookspecs(hookspecs)
-        self.add_hookspecs(hookspecs.ProbeHooks)
+        self.add_hookspecs(hookspecs.ProbeHooks)  # PROBE_HOOKS
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         self.generation += 1
@@ -123,6 +124,18 @@ def declare_extension_hooks(pm: pluggy.PluginManager) -> None:
             pm.add_hookspecs(namespace)  # a class or a module: it has @hookspec functions
 
 
+def add_declared_hooks(pm: pluggy.PluginManager, namespaces: Sequence[object]) -> None:
+    """Add to ``pm`` the hook specifications in ``namespaces`` (other plugins'
+    ``extension_hooks``), to check one plugin's implementations against them; those that
+    cannot be added are left out, for :func:`declare_extension_hooks` to refuse on the
+    plugin that declares them."""
+    for namespace in namespaces:
+        try:
+            pm.add_hookspecs(namespace)  # type: ignore[arg-type]  # checked by pluggy
+        except (ValueError, TypeError, pluggy.PluginValidationError):
+            continue
+
+
 def declared_hooks(pm: pluggy.PluginManager) -> dict[str, str]:
     """Each extension hook of ``pm``, in the order of their names, with the name of the
     plugin that declares it.
@@ -190,6 +203,8 @@ def close_match(name: str, candidates: Sequence[str]) -> str | None:
     found = looks_like(name, candidates)
     if found is not None:
         return found
+    import difflib  # here, as in _is_typo: only a "did you mean" needs it, not a start
+
     close = difflib.get_close_matches(name, candidates, n=1)
     return close[0] if close else None
 
@@ -212,6 +227,8 @@ def looks_like(name: str, candidates: Sequence[str]) -> str | None:
 def _is_typo(name: str, candidate: str) -> bool:
     if abs(len(name) - len(candidate)) > 2:
         return False
+    import difflib
+
     distance = _distance(name, candidate)
     return (
         distance <= 1

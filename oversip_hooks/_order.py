@@ -26,10 +26,9 @@
 
 from __future__ import annotations
 
-import difflib
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import pluggy
 
@@ -44,8 +43,7 @@ class DeclarationError(pluggy.PluginValidationError):
     a required plugin that is not loaded, or takes part in a cycle."""
 
 
-@dataclass(frozen=True)
-class Declarations:
+class Declarations(NamedTuple):
     """What a plugin declares about its place in the order.
 
     Attributes:
@@ -229,6 +227,8 @@ def declaration_problems(pm: pluggy.PluginManager) -> list[DeclarationError]:
     for name, plugin in plugins:
         for required in declared_by.get(name, NONE).requires:
             if required not in present:
+                import difflib  # here: only an error message needs it
+
                 close = difflib.get_close_matches(required, sorted(present), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 problems.append(

@@ -286,7 +286,7 @@ class Runtime:
         """
         if not callable(listener):
             raise TypeError(f"listener must be callable, not {type(listener).__name__}")
-        return self._observers.add(_StateListener(listener))
+        return self._observers.add(_StateListener(listener), calls=False)
 
     def services_running(self) -> dict[str, int]:
         """How many services each plugin has running now (``"runtime"`` for those started
@@ -438,7 +438,7 @@ class Runtime:
         self._callbacks = self._callbacks_registry().copy()
         self._trio_token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.get_ident()
-        self.hooks.attach(self._trio_token)
+        self.hooks._attach(self._trio_token)
         self._watchdog = Watchdog(
             self._trio_token,
             blocked_threshold=self.blocked_loop_threshold,
@@ -456,7 +456,7 @@ class Runtime:
                         nursery.cancel_scope.cancel()
                 finally:
                     self._services.nursery = None
-                    self.hooks.attach(None)
+                    self.hooks._attach(None)
                     self._set_state(RuntimeState.STOPPED)
                     self._watchdog.close()
                     if self._failed and not self._announced_failure:

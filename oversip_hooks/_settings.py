@@ -1,6 +1,7 @@
-# Every option of `oversip-hooks run` that takes a value is one row of SETTINGS: its flag,
-# its environment variable and the one function that parses both, so that a flag and its
-# variable can never disagree about what they accept. A flag wins over the environment. We
+# Every option of `oversip-hooks run` that takes a value, and each switch (a flag without
+# one, such as --trace-hooks), is one row of SETTINGS: its flag, its environment variable
+# and the one function that parses both, so that a flag and its variable can never
+# disagree about what they accept. A flag wins over the environment. We
 # rejected argparse's `default=os.environ.get(...)`: argparse does not check `choices`
 # against a default, and its error for a bad default blames the flag, not the variable
 # the operator actually has to fix.
@@ -20,8 +21,8 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ._logging import LEVELS
 
@@ -45,6 +46,11 @@ LARGEST_PID = 2**22
 LONGEST_TIMEOUT = 86400
 
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# What the variable of a switch (a flag that takes no value) may say, in any case.
+_SWITCH = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 _LONGEST_SHOWN = 40  # characters of a bad value repeated in its error message
 
 
@@ -109,6 +115,31 @@ def parse_syslog_address(text: str) -> SyslogAddress:
         f"bad syslog address {shown(text)}; expected a unix socket path such as /dev/log, "
         "or HOST:PORT for UDP ([ADDRESS]:PORT for IPv6)"
     )
+    return _host_and_port(text, f"bad syslog address {shown(text)}", bad, lowest_port=1)
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """``host:port`` to serve HTTP on, an IPv6 address in brackets: ``[v6 address]:port``;
+    the port from 0 (any free one, which the command logs) to 65535.
+
+    Example::
+
+        parse_http_address("127.0.0.1:9100")   # ("127.0.0.1", 9100)
+        parse_http_address("[::]:9100")        # ("::", 9100)
+    """
+    bad = (
+        f"bad HTTP address {shown(text)}; expected HOST:PORT such as 127.0.0.1:9100, "
+        "or [ADDRESS]:PORT for IPv6 such as [::1]:9100"
+    )
+    return _host_and_port(text, f"bad HTTP address {shown(text)}", bad, lowest_port=0)
+
+
+def _host_and_port(text: str, what: str, bad: str, *, lowest_port: int) -> tuple[str, int]:
+    """``host:port`` or ``[v6 address]:port`` (the brackets removed).
+
+    Raises:
+        ConfigError: ``bad`` for a malformed address; ``what`` and why, for a bad port.
+    """
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         colon, port = rest[:1], rest[1:]
@@ -119,9 +150,9 @@ def parse_syslog_address(text: str) -> SyslogAddress:
         if not colon or not host or any(char in host for char in "[]:"):
             raise ConfigError(bad)
     try:
-        return host, parse_int(port, low=1, high=65535, what="a port")
+        return host, parse_int(port, low=lowest_port, high=65535, what="a port")
     except ConfigError as exc:
-        raise ConfigError(f"bad syslog address {shown(text)}: {exc}") from None
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 def parse_facility(text: str) -> str:
@@ -159,15 +190,45 @@ def parse_seconds(text: str) -> float:
     return seconds
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One option of ``run``, settable by a flag or an environment variable."""
+def parse_drain(text: str) -> float:
+    """Seconds to keep serving between a stop request and the shutdown: ``"0"`` (none),
+    or what :func:`parse_seconds` takes.
+
+    Raises:
+        ConfigError: as :func:`parse_seconds`, for anything but 0.
+    """
+    if len(text) <= _LONGEST_SHOWN and _SECONDS.fullmatch(text) and float(text) == 0:
+        return 0.0
+    return parse_seconds(text)
+
+
+def parse_switch(text: str) -> bool:
+    """A yes or no, for the variable of a flag that takes no value: ``1``, ``true``,
+    ``yes``, ``on``, or ``0``, ``false``, ``no``, ``off``, in any case.
+
+    Raises:
+        ConfigError: anything else, such as ``"2"`` or ``"enabled"``.
+
+    Example::
+
+        parse_switch("TRUE")   # True
+    """
+    value = _SWITCH.get(text.lower())
+    if value is None:
+        raise ConfigError(f"expected 1, true, yes or on, or 0, false, no or off, not {shown(text)}")
+    return value
+
+
+class Setting(NamedTuple):  # not a dataclass, whose code generation every start would pay
+    """One option of ``run``, settable by a flag or an environment variable; a
+    ``switch`` is a flag that takes no value, its variable a yes or no."""
 
     dest: str
     parse: Callable[[str], object]
     default: object
     metavar: str
     help: str
+    switch: bool = False
 
     @property
     def flag(self) -> str:
@@ -238,12 +299,55 @@ SETTINGS = (
         "report a hook or service that blocks the event loop longer than this, while it "
         "does (default: 1)",
     ),
+    Setting(
+        "trace_hooks",
+        parse_switch,
+        False,
+        "",
+        "log one debug line per hook call, lifecycle and extension hooks: plugin, hook, "
+        "duration and the exception if any; the log level becomes debug unless one is given",
+        switch=True,
+    ),
+    Setting(
+        "slow_hook_threshold",
+        parse_seconds,
+        None,
+        "SECONDS",
+        "log a lifecycle hook call that takes longer than this at notice, naming its plugin "
+        "(\"started of 'sqlite' took 2.3 s\"); every call's duration is logged at debug "
+        "(default: 1)",
+    ),
+    Setting(
+        "http",
+        parse_http_address,
+        None,
+        "ADDRESS",
+        "serve /livez, /readyz and /metrics over HTTP on HOST:PORT ([ADDRESS]:PORT for "
+        "IPv6), from before initialize to after the last terminated (default: off)",
+    ),
+    Setting(
+        "drain",
+        parse_drain,
+        0.0,
+        "SECONDS",
+        "on a stop request, keep running this long before the first terminated, /readyz "
+        "answering 503, so that load balancers stop sending traffic first; a second stop "
+        "signal skips it; the shutdown timeout starts after it (default: 0)",
+    ),
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one option per setting to ``parser``; an option not given is ``None``."""
     for setting in SETTINGS:
+        if setting.switch:
+            parser.add_argument(
+                setting.flag,
+                action="store_const",
+                const=True,
+                help=f"{setting.help} [env: {setting.env}]",
+            )
+            continue
         parser.add_argument(
             setting.flag,
             type=_argparse_type(setting.parse),
@@ -265,15 +369,39 @@ def resolve(options: argparse.Namespace, environ: Mapping[str, str]) -> None:
         resolve(options, {"OVERSIP_HOOKS_LOG_LEVEL": "debug"})
         options.log_level   # "debug"
     """
+    given_by: dict[str, str] = {}  # dest -> the flag or variable that set it
     for setting in SETTINGS:
         if getattr(options, setting.dest) is not None:
+            given_by[setting.dest] = setting.flag
             continue
         raw = environ.get(setting.env, "")
         try:
             value = setting.parse(raw) if raw else setting.default
         except ConfigError as exc:
             raise ConfigError(f"{setting.env}: {exc}") from None
+        if raw:
+            given_by[setting.dest] = setting.env
         setattr(options, setting.dest, value)
+    _debug_for_traces(options, given_by.get("log_level"))
+
+
+def _debug_for_traces(options: argparse.Namespace, level_given_by: str | None) -> None:
+    """Hook traces are debug lines: ``--trace-hooks`` lowers the default level to debug,
+    and is refused beside a higher level that was asked for, which would hide every one
+    of its lines (a flag that silently does nothing).
+
+    Raises:
+        ConfigError: ``--trace-hooks`` with a level above debug given by a flag or variable.
+    """
+    if not options.trace_hooks or options.log_level == "debug":
+        return
+    if level_given_by is None:
+        options.log_level = "debug"
+        return
+    raise ConfigError(
+        f"--trace-hooks logs at debug, which {level_given_by} {options.log_level} hides; "
+        "set the level to debug, or leave it unset"
+    )
 
 
 def _argparse_type(parse: Callable[[str], object]) -> Callable[[str], object]:

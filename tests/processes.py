@@ -4,6 +4,7 @@ real datagram sockets for systemd and syslog. Every wait is for an event with a 
 
 from __future__ import annotations
 
+import http.client
 import importlib.metadata
 import os
 import socket
@@ -267,3 +268,16 @@ async def venv_seeing_this_one(directory: Path) -> str:
         "".join(f"import site; site.addsitedir({path!r})\n" for path in sorted(ours))
     )
     return python
+
+
+def http_get(address: str, path: str) -> tuple[int, bytes]:
+    """``GET path`` from ``address`` (``HOST:PORT``) with a real HTTP client; blocking: run
+    it in a thread (``trio.to_thread.run_sync(http_get, address, "/readyz")``)."""
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()

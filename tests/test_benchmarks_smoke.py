@@ -17,6 +17,8 @@ SECTIONS = (
     "Signals",
     "Logging: one line to a file sink",
     "Memory: peak RSS per 1000 plugins",
+    "SQLite module: statements against aiosqlite and sqlite3",
+    "MySQL module: statements against aiomysql and the driver",
 )
 
 

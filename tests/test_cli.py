@@ -729,6 +729,10 @@ async def test_plugins_lists_sources_and_the_order_that_run_follows(tmp_path: Pa
         "  started     mod_a, fake, server",
         "  reload      mod_a",
         "  terminated  server, fake, SystemCallbacks",
+        "",
+        "extension hooks, in call order:",
+        "  health_check        (none) (declared by oversip_hooks)",
+        "  metrics_collectors  (none) (declared by oversip_hooks)",
     ]
 
 

@@ -13,7 +13,20 @@ Example::
     rows = await engine.call(lambda connection: fetch(connection, "SELECT 1"))
     await engine.run(insert_batch, mode="")              # one transaction, one round trip
     await engine.aclose()                                # in the module's terminated hook
+
+For ``oversip-hooks run --http``, a module's ``health_check`` and ``metrics_collectors``
+are :func:`check_pools` and a :class:`PoolCollector` over its own pools::
+
+    @hookimpl
+    async def health_check(runtime):
+        return await dbpool.check_pools(pools_of(runtime))
+
+    @hookimpl
+    def metrics_collectors(runtime):
+        return [dbpool.PoolCollector("oversip_mysql_", partial(pools_of, runtime))]
 """
+
+from typing import TYPE_CHECKING
 
 from ._engine import (
     Driver,
@@ -26,15 +39,32 @@ from ._engine import (
     Transaction,
     jobs_in_flight,
 )
+from ._probes import ModulePool, PoolStatsView, check_pools
+
+if TYPE_CHECKING:
+    from ._metrics import PoolCollector
 
 __all__ = [
     "Driver",
     "HandOff",
+    "ModulePool",
     "Pool",
     "PoolClosedError",
+    "PoolCollector",
     "PoolState",
     "PoolStats",
+    "PoolStatsView",
     "Shutdown",
     "Transaction",
+    "check_pools",
     "jobs_in_flight",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # PoolCollector imports prometheus-client: only a run that serves /metrics pays for it.
+    if name == "PoolCollector":
+        from ._metrics import PoolCollector
+
+        return PoolCollector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,6 +52,14 @@
 # open transactions are taken back, every connection is rolled back in its own thread,
 # then Driver.close runs once with all of them, and the threads are joined. If trio's run
 # ends without aclose() (an abandoned shutdown), a system task stops the threads.
+#
+# Pool.call (and so Pool.run) times itself from its caller's side, queueing included,
+# into a count and a sum that PoolStats reports: what a Prometheus summary needs, read at
+# each scrape (dbpool.PoolCollector), so nothing is exported per call. Here rather than
+# in each database module, which would wrap the same two calls the same way: every
+# module's calls come through call(). The cost is two perf_counter() reads per call,
+# about 0.2 us, some 4% of an inline point SELECT. A transaction's calls are not timed
+# one by one (the caller holds the connection between them; the wait is its own).
 
 from __future__ import annotations
 
@@ -60,6 +68,7 @@ import enum
 import math
 import queue
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -107,12 +116,19 @@ class PoolStats:
             without an error, counted even when a cancelled caller discarded the result.
         waiting: work queued behind a connection's running work, plus tasks waiting for
             a connection that no transaction holds.
+        calls_timed: calls of :meth:`Pool.call` and :meth:`Pool.run` that the open pool
+            took and that returned or raised (cancelled ones too); a transaction's calls
+            are not timed one by one.
+        call_seconds: the seconds those calls took from their caller's side, queueing
+            included: a Prometheus summary's sum, ``calls_timed`` its count.
     """
 
     open_connections: int
     in_use: int
     served: int
     waiting: int
+    calls_timed: int = 0
+    call_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -398,6 +414,8 @@ class Pool(Generic[C]):
         self._unheld = trio.lowlevel.ParkingLot()  # tasks waiting for a worker
         self._progress: trio.Event | None = None  # set when a job ends or a hold ends
         self._served = 0
+        self._calls_timed = 0
+        self._call_seconds = 0.0
         self._token: trio.lowlevel.TrioToken | None = None
         self._done: list[_Job] = []  # finished in a thread, not yet delivered
         self._done_lock = threading.Lock()
@@ -418,6 +436,8 @@ class Pool(Generic[C]):
             in_use=len(busy),
             served=self._served,
             waiting=queued + self._unheld.statistics().tasks_waiting,
+            calls_timed=self._calls_timed,
+            call_seconds=self._call_seconds,
         )
 
     async def open(self) -> None:
@@ -514,19 +534,26 @@ class Pool(Generic[C]):
 
             row = await engine.call(partial(fetch_one, "SELECT 1"), inline=True)
         """
-        if inline and self._idle:
-            await trio.lowlevel.checkpoint()  # its schedule point, and its cancel point
-            if self.state is not PoolState.OPEN:
-                raise self._not_open()
-            if self._idle:
-                idle = next(reversed(self._idle))
-                try:
-                    value = self.driver.run_inline(idle.connection, work)
-                except HandOff:
-                    return await self._submit(idle, work)
-                self._served += 1
-                return value
-        return await self._submit(await self._unheld_worker(), work)
+        if self.state is not PoolState.OPEN:
+            raise self._not_open()  # refused, not timed
+        begun = time.perf_counter()
+        try:
+            if inline and self._idle:
+                await trio.lowlevel.checkpoint()  # its schedule point, and its cancel point
+                if self.state is not PoolState.OPEN:
+                    raise self._not_open()
+                if self._idle:
+                    idle = next(reversed(self._idle))
+                    try:
+                        value = self.driver.run_inline(idle.connection, work)
+                    except HandOff:
+                        return await self._submit(idle, work)
+                    self._served += 1
+                    return value
+            return await self._submit(await self._unheld_worker(), work)
+        finally:
+            self._calls_timed += 1
+            self._call_seconds += time.perf_counter() - begun
 
     async def run(self, work: Callable[[C], T], *, mode: str) -> T:
         """Run ``work(connection)`` in a worker thread inside one transaction: begun

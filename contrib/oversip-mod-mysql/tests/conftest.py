@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from oversip_mod_mysql.testing import PrivateServer
+
 # The repository's child-process fixture, reused as it is; the tests run from the
 # repository's root (`python -m pytest`), which puts the `tests` package on the path.
-from tests.processes import spawn  # noqa: F401 - a fixture, found by its name
-
-from oversip_mod_mysql.testing import PrivateServer
+# Imported through pytest's assertion rewriting, as tests/conftest.py's pytest_plugins
+# imports it: when this conftest is loaded first (these tests named before tests/ on the
+# command line), a plain import would make that one fail with "already imported".
+pytest.register_assert_rewrite("tests.processes")
+from tests.processes import spawn  # noqa: E402, F401 - a fixture, found by its name
 
 
 @pytest.fixture(scope="session")

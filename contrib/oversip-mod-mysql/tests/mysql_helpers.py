@@ -3,6 +3,7 @@ against the private server, and reading what it printed."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,16 @@ async def finished(
     return await command(
         directory, "server.py", "-p", "no:sqlite", *options, env=env, argv=_argv(subcommand)
     )
+
+
+async def http_address(child: Child) -> str:
+    """Where ``run --http 127.0.0.1:0`` serves (``127.0.0.1:PORT``), once the runtime
+    runs, so that /readyz may pass."""
+    serving = await child.line("serving /livez")
+    found = re.search(r"http://(\S+)$", serving)
+    assert found is not None, serving
+    await child.line("<runtime> running")
+    return found.group(1)
 
 
 def crit_lines(child: Child) -> list[str]:

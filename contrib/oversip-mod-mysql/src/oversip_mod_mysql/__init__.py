@@ -30,13 +30,15 @@ so that moving from one to the other changes the ``add_pool`` call and the SQL d
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
-from oversip_hooks import Runtime, RuntimeState, fatal, get_logger, hookimpl
+from oversip_hooks import Runtime, RuntimeState, dbpool, fatal, get_logger, hookimpl
 
 from ._errors import (
     ConnectionLostError,
@@ -92,6 +94,9 @@ class _Run:
 
 
 _current_run: ContextVar[_Run | None] = ContextVar("oversip_mod_mysql_run", default=None)
+# The same, by runtime, for the probe hooks: `run --http` calls them from its own task,
+# outside the context that the runtime's hooks run in.
+_runs: weakref.WeakKeyDictionary[Runtime, _Run] = weakref.WeakKeyDictionary()
 
 
 def add_pool(
@@ -206,6 +211,7 @@ def _this_run(caller: str) -> _Run:
 def initialize(runtime: Runtime) -> None:
     """Make this runtime's (empty) set of pools the one add_pool() adds to."""
     _current_run.set(_Run(runtime))
+    _runs[runtime] = _this_run("initialize")
 
 
 @hookimpl(tryfirst=True)
@@ -245,3 +251,30 @@ async def terminated() -> None:
     async with trio.open_nursery() as nursery:
         for each in _this_run("terminated").pools.values():
             nursery.start_soon(each.aclose)
+
+
+@hookimpl
+async def health_check(runtime: Runtime) -> str | None:
+    """``oversip-hooks run --http``'s ``/readyz``: a ``SELECT 1`` through every pool at
+    once (a lost connection is replaced first, as for any call); the pools that fail, and
+    why, never with the password."""
+    return await dbpool.check_pools(_pools_of(runtime))
+
+
+@hookimpl
+def metrics_collectors(runtime: Runtime) -> list[object]:
+    """``oversip-hooks run --http``'s ``/metrics``: each pool's size, connections open and
+    in use, calls waiting and served, reconnections, and the time calls take."""
+    collector = dbpool.PoolCollector(
+        "oversip_mysql_", partial(_pools_of, runtime), reconnects=_reconnects
+    )
+    return [collector]
+
+
+def _pools_of(runtime: Runtime) -> list[Pool]:
+    run = _runs.get(runtime)
+    return list(run.pools.values()) if run else []
+
+
+def _reconnects(stats: PoolStats) -> int:
+    return stats.reconnects

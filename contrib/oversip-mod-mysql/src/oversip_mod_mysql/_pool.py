@@ -88,6 +88,11 @@ class PoolStats:
         queries_served: calls that completed without an error.
         queries_waiting: calls waiting for a connection because all are in use.
         reconnects: connections opened to replace lost ones.
+        calls_timed, call_seconds: the pool's own calls (``execute``, ``executemany``,
+            ``fetchone``, ``fetchall``, ``run``) that returned or raised, and the seconds
+            they took from the caller's side, queueing and reconnecting included (the
+            engine times them: see ``oversip_hooks.dbpool.PoolStats``); a transaction's
+            statements are not timed one by one.
     """
 
     name: str
@@ -97,6 +102,8 @@ class PoolStats:
     queries_served: int
     queries_waiting: int
     reconnects: int
+    calls_timed: int = 0
+    call_seconds: float = 0.0
 
     def __str__(self) -> str:
         return (
@@ -256,7 +263,7 @@ class Pool(Queries, Logger):
 
     def stats(self) -> PoolStats:
         """The pool's state now: connections open and in use, calls served and waiting,
-        reconnections."""
+        reconnections, and the time calls took."""
         engine = self._engine.stats()
         links = self._driver.links if engine.open_connections else []
         return PoolStats(
@@ -267,6 +274,8 @@ class Pool(Queries, Logger):
             queries_served=engine.served,
             queries_waiting=engine.waiting,
             reconnects=sum(link.reconnects for link in self._driver.links),
+            calls_timed=engine.calls_timed,
+            call_seconds=engine.call_seconds,
         )
 
     @asynccontextmanager

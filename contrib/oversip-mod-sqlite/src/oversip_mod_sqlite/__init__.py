@@ -32,14 +32,16 @@ reports them on ``reload`` and closes them in ``terminated``::
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from sqlite3 import Connection
 from typing import Any
 
 import trio
-from oversip_hooks import Runtime, RuntimeState, fatal, get_logger, hookimpl
+from oversip_hooks import Runtime, RuntimeState, dbpool, fatal, get_logger, hookimpl
 
 from ._errors import PoolClosedError, PoolOpenError, SQLiteSettingsError, UnknownPoolError
 from ._pool import LOG_ID, Parameters, Pool, PoolStats, Queries, Result, Transaction
@@ -77,6 +79,9 @@ class _Run:
 
 
 _current_run: ContextVar[_Run | None] = ContextVar("oversip_mod_sqlite_run", default=None)
+# The same, by runtime, for the probe hooks: `run --http` calls them from its own task,
+# outside the context that the runtime's hooks run in.
+_runs: weakref.WeakKeyDictionary[Runtime, _Run] = weakref.WeakKeyDictionary()
 
 
 def add_pool(
@@ -179,6 +184,7 @@ def _this_run(caller: str) -> _Run:
 def initialize(runtime: Runtime) -> None:
     """Make this runtime's (empty) set of pools the one add_pool() adds to."""
     _current_run.set(_Run(runtime))
+    _runs[runtime] = _this_run("initialize")
 
 
 @hookimpl(tryfirst=True)
@@ -218,3 +224,22 @@ async def terminated() -> None:
     async with trio.open_nursery() as nursery:
         for each in _this_run("terminated").pools.values():
             nursery.start_soon(each.aclose)
+
+
+@hookimpl
+async def health_check(runtime: Runtime) -> str | None:
+    """``oversip-hooks run --http``'s ``/readyz``: a ``SELECT 1`` through every pool at
+    once; the pools that fail, and why."""
+    return await dbpool.check_pools(_pools_of(runtime))
+
+
+@hookimpl
+def metrics_collectors(runtime: Runtime) -> list[object]:
+    """``oversip-hooks run --http``'s ``/metrics``: each pool's size, connections open and
+    in use, calls waiting and served, and the time calls take."""
+    return [dbpool.PoolCollector("oversip_sqlite_", partial(_pools_of, runtime))]
+
+
+def _pools_of(runtime: Runtime) -> list[Pool]:
+    run = _runs.get(runtime)
+    return list(run.pools.values()) if run else []

@@ -116,6 +116,11 @@ class PoolStats:
             ``run``, on the pool or in a transaction) that completed without an error.
         queries_waiting: calls queued behind another on a connection, or waiting for a
             connection that no transaction holds.
+        calls_timed, call_seconds: the pool's own calls (``execute``, ``executemany``,
+            ``fetchone``, ``fetchall``, ``run``) that returned or raised, and the seconds
+            they took from the caller's side, queueing included (the engine times them:
+            see ``oversip_hooks.dbpool.PoolStats``); a transaction's statements are not
+            timed one by one.
     """
 
     name: str
@@ -123,6 +128,8 @@ class PoolStats:
     in_use: int
     queries_served: int
     queries_waiting: int
+    calls_timed: int = 0
+    call_seconds: float = 0.0
 
     def __str__(self) -> str:
         return (
@@ -280,6 +287,8 @@ class Pool(Queries, Logger):
             in_use=stats.in_use,
             queries_served=stats.served,
             queries_waiting=stats.waiting,
+            calls_timed=stats.calls_timed,
+            call_seconds=stats.call_seconds,
         )
 
     async def run(
