@@ -15,7 +15,7 @@ from tempfile import TemporaryDirectory
 
 from loguru import logger
 
-from . import dispatch, lifecycle, log_lines, memory, signals, startup
+from . import dispatch, http, lifecycle, log_lines, memory, signals, startup
 from ._measure import QUICK, Profile
 from ._report import Section, machine, markdown, table
 
@@ -36,6 +36,7 @@ SECTIONS: dict[str, Callable[[Profile], Section]] = {
     "dispatch": dispatch.run,
     "lifecycle": lifecycle.run,
     "startup": startup.run,
+    "http": http.run,
     "signals": signals.run,
     "logging": log_lines.run,
     "memory": memory.run,

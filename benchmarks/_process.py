@@ -1,4 +1,5 @@
-# Child processes for the benchmarks that need real ones: time to ready, import, signals.
+# Child processes for the benchmarks that need real ones: time to ready, import, signals,
+# the HTTP probes.
 # Each child gets a unix datagram socket of its own as NOTIFY_SOCKET, the way systemd
 # hands one to a service, and reports on it (READY=1 from the command line's notifier, and
 # for the signal benchmarks a line of our own); nothing leaves the machine. Its exit is
@@ -19,10 +20,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
+
+from ._measure import Variant
 
 TIMEOUT = 60.0  # for any one wait: a child this slow is broken, not slow
 READY = "READY"
@@ -114,6 +117,34 @@ class Child:
             self.fail(f"still running after {TIMEOUT:g} s")
         return self.process.wait(), ended
 
+    def output(self) -> str:
+        """What the child has written so far, its standard output and error together."""
+        return self._output_path.read_text(errors="replace")
+
     def fail(self, what: str) -> NoReturn:
-        tail = self._output_path.read_text(errors="replace")[-2000:]
+        tail = self.output()[-2000:]
         raise RuntimeError(f"{self.process.args!r} {what}; its output ends with:\n{tail}")
+
+
+def until_ready(argv: Sequence[str], workdir: Path, *, stop: bool) -> Variant:
+    """Spawn to ``READY=1``; with ``stop``, the child is then sent SIGTERM (untimed), else
+    it is left to exit, and its exit is timed too."""
+
+    def measure(count: int) -> Mapping[str, float]:
+        ready_total = exit_total = 0.0
+        for _ in range(count):
+            with Child(argv, workdir) as child:
+                _, ready = child.receive(READY)
+                ready_total += ready - child.spawned_at
+                if stop:
+                    child.signal(signal.SIGTERM)
+                status, ended = child.exit()
+                if status != 0:
+                    child.fail(f"exited with status {status}")
+                exit_total += ended - child.spawned_at
+        times = {"ready": ready_total / count}
+        if not stop:
+            times["exit"] = exit_total / count
+        return times
+
+    return measure

@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 import math
-import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from ._measure import Profile, Variant, interleave
-from ._process import READY, Child, run_command
+from ._process import Child, run_command, until_ready
 from ._report import Section, compare
 
 READY_LIMIT = 1.2
@@ -60,30 +59,6 @@ Targets: ready and check within {READY_LIMIT}x of the floor, import within
 """
 
 
-def _until_ready(argv: Sequence[str], workdir: Path, *, stop: bool) -> Variant:
-    """Spawn to ``READY=1``; with ``stop``, the child is then sent SIGTERM (untimed), else
-    it is left to exit, and its exit is timed too."""
-
-    def measure(count: int) -> Mapping[str, float]:
-        ready_total = exit_total = 0.0
-        for _ in range(count):
-            with Child(argv, workdir) as child:
-                _, ready = child.receive(READY)
-                ready_total += ready - child.spawned_at
-                if stop:
-                    child.signal(signal.SIGTERM)
-                status, ended = child.exit()
-                if status != 0:
-                    child.fail(f"exited with status {status}")
-                exit_total += ended - child.spawned_at
-        times = {"ready": ready_total / count}
-        if not stop:
-            times["exit"] = exit_total / count
-        return times
-
-    return measure
-
-
 def _until_exit(argv: Sequence[str], workdir: Path) -> Variant:
     def measure(count: int) -> Mapping[str, float]:
         total = 0.0
@@ -104,9 +79,9 @@ def run(profile: Profile) -> Section:
         (workdir / "server.py").write_text(SERVER)
         (workdir / "floor.py").write_text(FLOOR)
         variants = {
-            "run": _until_ready(run_command("server.py"), workdir, stop=True),
+            "run": until_ready(run_command("server.py"), workdir, stop=True),
             "check": _until_exit(run_command("server.py", subcommand="check"), workdir),
-            "floor": _until_ready(["floor.py"], workdir, stop=False),
+            "floor": until_ready(["floor.py"], workdir, stop=False),
             "import": _until_exit(["-c", "import oversip_hooks"], workdir),
             "deps": _until_exit(["-c", "import trio, pluggy, loguru"], workdir),
         }

@@ -184,6 +184,9 @@ class HealthServer:
         # None before serve(): readiness() then runs them in its caller's task.
         self._background: trio.Nursery | None = None
         self._checking: dict[str, int] = {}  # plugins whose health_check runs now
+        self._idle: dict[
+            trio.CancelScope, None
+        ] = {}  # connections awaiting a request, oldest first
         self._initialized = False  # `initialize` completed: plugins may be asked for metrics
         self._plugin_metrics_asked = False
         self._last_stall: float | None = None
@@ -220,34 +223,54 @@ class HealthServer:
                     emit(LOG_ID, "error", f"cannot accept a connection: {exc}")
                     await trio.sleep(self.request_deadline / 10)
                     continue
-                if self._connections >= self.max_connections:
+                if self._connections >= self.max_connections and not self._evict_idle():
                     stream.socket.close()  # no response: it may not have sent a request yet
                     continue
                 self._connections += 1
                 nursery.start_soon(self._serve_connection, stream)
 
+    def _evict_idle(self) -> bool:
+        """Close the connection that has waited longest for a request, if one waits: a
+        client that opens connections and sends nothing must not keep a probe out. Its
+        slot frees as its task ends, so the count may pass the bound by those closing."""
+        for scope in self._idle:
+            del self._idle[scope]
+            scope.cancel()
+            return True
+        return False
+
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+        evicted = trio.CancelScope()
         try:
             another = True
             while another:
                 another = False
-                # Past the deadline, the connection is dropped without an answer.
-                with trio.move_on_after(self.request_deadline):
-                    another = await self._exchange(stream, connection)
+                # Past the deadline, the connection is dropped without an answer; an idle
+                # one may be evicted (a scope is entered once: one per request).
+                evicted = trio.CancelScope(deadline=trio.current_time() + self.request_deadline)
+                with evicted:
+                    self._idle[evicted] = None  # until the request's first byte
+                    another = await self._exchange(stream, connection, evicted)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         except Exception as exc:  # a bug of ours: this connection ends, never the server
             emit(LOG_ID, "error", f"a connection failed: {printable(exc)}", exception=exc)
         finally:
             # Counted out before it is closed: a client that saw it close may connect again.
+            self._idle.pop(evicted, None)
             self._connections -= 1
             await stream.aclose()
 
-    async def _exchange(self, stream: trio.SocketStream, connection: h11.Connection) -> bool:
-        """Read one request and answer it; whether the connection may carry another."""
+    async def _exchange(
+        self, stream: trio.SocketStream, connection: h11.Connection, idle: trio.CancelScope
+    ) -> bool:
+        """Read one request and answer it; whether the connection may carry another.
+        ``idle`` is the connection's entry among the idle ones, until a byte arrives."""
         try:
-            request = await _next_request(stream, connection, self.max_header_bytes)
+            request = await _next_request(
+                stream, connection, self.max_header_bytes, lambda: self._idle.pop(idle, None)
+            )
             if request is None:
                 return False
             read_whole = _read_whole(connection)
@@ -562,9 +585,10 @@ def _failure(error: BaseException) -> str:
 
 
 async def _next_request(
-    stream: trio.SocketStream, connection: h11.Connection, limit: int
+    stream: trio.SocketStream, connection: h11.Connection, limit: int, busy: Callable[[], object]
 ) -> h11.Request | None:
-    """The next request on ``connection``, or ``None`` once the client has closed it.
+    """The next request on ``connection``, or ``None`` once the client has closed it;
+    ``busy()`` is called as soon as any of it is there.
 
     Raises:
         h11.RemoteProtocolError: a malformed request, or a request line and headers
@@ -574,6 +598,8 @@ async def _next_request(
     received = 0
     while True:
         event = connection.next_event()
+        if event is not h11.NEED_DATA or connection.trailing_data[0]:
+            busy()
         if event is h11.NEED_DATA:
             if received > limit:
                 raise h11.RemoteProtocolError(

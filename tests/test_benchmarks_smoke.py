@@ -14,6 +14,7 @@ SECTIONS = (
     "Dispatch of one event to N plugins",
     "Whole lifecycle, per plugin, against the smallest N",
     "Time to ready and import",
+    "HTTP probes: /livez and /readyz",
     "Signals",
     "Logging: one line to a file sink",
     "Memory: peak RSS per 1000 plugins",

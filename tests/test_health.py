@@ -31,6 +31,7 @@ from oversip_hooks import Runtime, RuntimeState, get_plugin_manager, hookimpl
 from oversip_hooks._cli import main
 from oversip_hooks._health import CHECK_TIMEOUT, HealthServer, open_listeners
 from oversip_hooks._settings import (
+    SETTINGS,
     ConfigError,
     parse_drain,
     parse_http_address,
@@ -355,22 +356,19 @@ async def test_connections_over_the_bound_are_closed_at_once() -> None:
     async with serving({}, max_connections=3) as s:
         host, port = split_address(s.address)
         held = [await trio.open_tcp_stream(host, port) for _ in range(3)]
+        for stream in held:  # each has begun a request: none is idle, none can be evicted
+            await stream.send_all(b"GET /livez HTTP/1.1\r\n")
+        await trio.testing.wait_all_tasks_blocked()
         extra = await trio.open_tcp_stream(host, port)
         async with extra:
             with contextlib.suppress(trio.BrokenResourceError):  # reset: closed all the same
                 assert await extra.receive_some() == b""
-        # One held connection ends with a request that closes it: room for one more.
-        client = h11.Connection(h11.CLIENT)
-        await held[0].send_all(
-            client.send(
-                h11.Request(
-                    method="GET", target="/livez", headers=[("Host", "x"), ("Connection", "close")]
-                )
-            )
-            + client.send(h11.EndOfMessage())
-        )
-        assert (await reply(held[0], client)).status == 200
-        assert await held[0].receive_some() == b""
+        # One held connection ends its request, which closes it: room for one more.
+        await held[0].send_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := await held[0].receive_some():
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
         assert (await request(s.address, "/livez")).status == 200
         for stream in held:
             await stream.aclose()
@@ -769,6 +767,25 @@ def test_the_containerfile_runs_the_command_as_pid_1_in_exec_form() -> None:
     )
 
 
+def test_the_systemd_template_runs_one_instance_per_name_within_its_bounds() -> None:
+    unit = (ROOT / "contrib/systemd/oversip-hooks@.service").read_text()
+    settings = [line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"]
+    values: dict[str, list[str]] = {}
+    for key, value in settings:
+        values.setdefault(key, []).append(value)
+    assert values["Type"] == ["notify-reload"]
+    assert values["ExecStart"] == ["/usr/local/bin/oversip-hooks run /etc/oversip-hooks/%i.py"]
+    assert values["EnvironmentFile"] == ["-/etc/oversip-hooks/%i.env"]  # each its --http
+    env = dict(each.split("=", 1) for each in values["Environment"])
+    known = {setting.env for setting in SETTINGS}
+    assert set(env) <= known, set(env) - known
+    drain = parse_drain(env["OVERSIP_HOOKS_DRAIN"])
+    shutdown = parse_seconds(env["OVERSIP_HOOKS_SHUTDOWN_TIMEOUT"])
+    [stop] = values["TimeoutStopSec"]
+    assert int(stop) > drain + shutdown + GRACE
+    assert values["RestartPreventExitStatus"] == ["2"]  # bad input: restarting cannot help
+
+
 # -- what a review from outside broke, each once -----------------------------------------------
 
 
@@ -913,3 +930,29 @@ async def test_an_unmarked_check_counts_and_a_thread_stuck_at_the_end_cannot_hol
     child.process.send_signal(signal.SIGTERM)
     assert await child.finish() == 1  # the shutdown overran: the stuck thread
     assert not (tmp_path / "run.pid").exists()
+
+
+async def test_idle_connections_are_evicted_for_a_probe_oldest_first() -> None:
+    async with serving({}, max_connections=3) as s:
+        idle = [await trio.open_tcp_stream(*split_address(s.address)) for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(3):  # each probe takes the slot of the connection idle the longest
+            assert (await request(s.address, "/livez")).status == 200
+        assert [await each.receive_some() for each in idle] == [b"", b"", b""]  # closed
+        for each in idle:
+            await each.aclose()
+
+
+async def test_a_connection_that_has_sent_part_of_a_request_is_not_evicted() -> None:
+    async with serving({}, max_connections=1) as s:
+        slow = await trio.open_tcp_stream(*split_address(s.address))
+        await slow.send_all(b"GET /livez HTTP/1.1\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        refused = await raw(s.address, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert refused == b""  # over the bound, and nobody idle: closed at once
+        await slow.send_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := await slow.receive_some():
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        await slow.aclose()
