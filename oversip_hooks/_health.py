@@ -21,50 +21,39 @@
 # while checks run share that run's result rather than start another, so that a burst of
 # probes cannot multiply the load that checks put on a database.
 #
-# Metrics live in one CollectorRegistry per runtime (prometheus-client's global one would
-# mix two runtimes of one process, as tests run). The runtime's own come from its observer
-# events (hook calls and their durations, failures, state, stalls of the loop) and, at
-# each scrape, from the runtime itself (services running per plugin). Plugins add theirs
-# through the extension hook `metrics_collectors(runtime)`, asked once, at the first
-# scrape after `initialize` completed; a collector that raises is logged once and yields
-# nothing, so that one plugin's bug cannot empty the whole scrape.
+# The metrics are `_metrics.py`'s, made once the runtime is ready (or at the first scrape,
+# if one comes sooner) from the events kept until then: importing prometheus-client costs
+# a start about as much as the rest of this server, and it need not delay READY=1.
+# Plugins add theirs through the extension hook `metrics_collectors(runtime)`, asked once,
+# at the first scrape after `initialize` completed.
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import h11
 import trio
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client import Enum as EnumMetric
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from ._events import (
     Event,
     HookCallEnded,
     HookCallStarted,
-    LoopBlocked,
     RuntimeState,
     StateChanged,
 )
 from ._fatal import printable
 from ._logging import emit
 from ._runtime import Runtime
+
+if TYPE_CHECKING:
+    from ._metrics import RuntimeMetrics
 
 LOG_ID = "http"
 
@@ -174,9 +163,6 @@ class HealthServer:
         self.request_deadline = request_deadline
         self.max_connections = max_connections
         self.max_header_bytes = max_header_bytes
-        # auto_describe: the process collector's names are reserved too, so that a
-        # plugin's collector cannot repeat them (a TYPE line twice is an invalid scrape)
-        self.registry = CollectorRegistry(auto_describe=True)
         self._connections = 0
         self._checks: _Run | None = None
         # Where a run of the checks goes, so that a probe can give up on one that a check
@@ -189,8 +175,11 @@ class HealthServer:
         ] = {}  # connections awaiting a request, oldest first
         self._initialized = False  # `initialize` completed: plugins may be asked for metrics
         self._plugin_metrics_asked = False
-        self._last_stall: float | None = None
-        self._metrics = _RuntimeMetrics(self.registry, runtime)
+        # The metrics (`_metrics.py`, prometheus-client) are made once the runtime is
+        # ready, or at the first scrape; the events until then are kept, with their time.
+        self._metrics: RuntimeMetrics | None = None
+        self._unmetered: list[tuple[Event, float]] = []
+        self._metering = threading.Lock()  # LoopBlocked comes from the watchdog's thread
         runtime.add_observer(self._observe)
 
     # -- serving ------------------------------------------------------------------------
@@ -302,7 +291,8 @@ class HealthServer:
             body = json.dumps(report, indent=2).encode() + b"\n"
             return _Response(200 if ready else 503, body, _JSON)
         if path == "/metrics":
-            return _Response(200, await self.metrics(), CONTENT_TYPE_LATEST)
+            body = await self.metrics()
+            return _Response(200, body, self._meter().content_type)
         return _Response(404, f"not found; the paths are {', '.join(PATHS)}\n".encode())
 
     # -- readiness ----------------------------------------------------------------------
@@ -396,186 +386,48 @@ class HealthServer:
     # -- metrics ------------------------------------------------------------------------
 
     async def metrics(self) -> bytes:
-        """The registry in Prometheus's text format, with the plugins' collectors once
+        """The metrics in Prometheus's text format, with the plugins' collectors once
         ``initialize`` has completed."""
+        metrics = self._meter()
         if self._initialized and not self._plugin_metrics_asked:
             self._plugin_metrics_asked = True
-            await self._add_plugin_collectors()
-        return generate_latest(self.registry)
+            hook = self.runtime.hooks.metrics_collectors
+            metrics.add_plugin_collectors(await hook.call_each(timeout=self.check_timeout))
+        return metrics.exposition()
 
-    async def _add_plugin_collectors(self) -> None:
-        hook = self.runtime.hooks.metrics_collectors
-        for outcome in await hook.call_each(timeout=self.check_timeout):
-            if outcome.error is not None:
-                emit(
-                    LOG_ID,
-                    "error",
-                    f"metrics_collectors of {outcome.plugin!r} failed: {_failure(outcome.error)}",
-                )
-                continue
-            value: Any = outcome.value
-            try:
-                collectors = [] if value is None else list(value)
-            except TypeError:
-                emit(
-                    LOG_ID,
-                    "error",
-                    f"metrics_collectors of {outcome.plugin!r} returned {printable(value)}; "
-                    "it returns a list of collectors",
-                )
-                continue
-            for collector in collectors:
-                try:
-                    self.registry.register(_Guarded(outcome.plugin, collector))
-                except Exception as exc:  # a name taken already, or not a collector at all
-                    emit(
-                        LOG_ID,
-                        "error",
-                        f"a collector of {outcome.plugin!r} is refused: {printable(exc)}",
-                    )
+    def _meter(self) -> RuntimeMetrics:
+        """The metrics, made now if they are not yet, from the events kept until now."""
+        if self._metrics is None:
+            from ._metrics import RuntimeMetrics  # prometheus-client: after READY=1
+
+            metrics = RuntimeMetrics(self.runtime)
+            with self._metering:
+                for event, at in self._unmetered:
+                    metrics.observe(event, at)
+                self._unmetered.clear()
+                self._metrics = metrics
+        return self._metrics
 
     def _observe(self, event: Event) -> None:
-        # In the runtime's thread, but LoopBlocked, sent from the watchdog's thread while
-        # the loop is blocked: the metrics' own locks make that safe.
         if isinstance(event, HookCallStarted) and event.hook == "health_check":
             self._checking[event.plugin] = self._checking.get(event.plugin, 0) + 1
-        elif isinstance(event, HookCallEnded):
-            if event.hook == "health_check":
-                self._checking[event.plugin] -= 1
-                if not self._checking[event.plugin]:
-                    del self._checking[event.plugin]
-            self._metrics.hook_seconds.labels(event.hook, event.plugin).observe(event.seconds)
-            if event.error is not None:
-                self._metrics.hook_failures.labels(event.hook, event.plugin).inc()
-        elif isinstance(event, StateChanged):
-            self._metrics.state.state(event.state.value)
-            if event.state is RuntimeState.STARTING:
-                self._initialized = True
-            elif event.state is RuntimeState.RELOADING:
-                self._metrics.reloads.inc()
-            elif event.state is RuntimeState.RUNNING and not self._metrics.started:
-                self._metrics.started = True
-                self._metrics.start_time.set(time.time())
-        elif isinstance(event, LoopBlocked):
-            # The watchdog reports a stall at its threshold, then each time its duration
-            # doubles: a report no longer than the last one begins a new stall.
-            if self._last_stall is None or event.seconds <= self._last_stall:
-                self._metrics.stalls.inc()
-            self._last_stall = event.seconds
-            self._metrics.last_stall.set(event.seconds)
+        elif isinstance(event, HookCallEnded) and event.hook == "health_check":
+            self._checking[event.plugin] -= 1
+            if not self._checking[event.plugin]:
+                del self._checking[event.plugin]
+        elif isinstance(event, StateChanged) and event.state is RuntimeState.STARTING:
+            self._initialized = True
+        with self._metering:
+            if self._metrics is None:
+                self._unmetered.append((event, time.time()))
+                ready = isinstance(event, StateChanged) and event.state is RuntimeState.RUNNING
+                if ready and self._background is not None:
+                    self._background.start_soon(self._make_metrics)
+                return
+        self._metrics.observe(event, time.time())
 
-
-class _RuntimeMetrics:
-    """The runtime's own metrics, in ``registry``."""
-
-    def __init__(self, registry: CollectorRegistry, runtime: Runtime) -> None:
-        self.started = False
-        self.state = EnumMetric(
-            "oversip_hooks_state",
-            "The runtime's state",
-            states=[state.value for state in RuntimeState],
-            registry=registry,
-        )
-        self.state.state(runtime.state.value)
-        self.start_time = Gauge(
-            "oversip_hooks_start_time_seconds",
-            "When the runtime first became ready (every started hook returned), in Unix "
-            "time; 0 before",
-            registry=registry,
-        )
-        self.hook_seconds = Histogram(
-            "oversip_hooks_hook_duration_seconds",
-            "Calls of hook implementations and their durations, per hook and plugin",
-            ["hook", "plugin"],
-            buckets=_HOOK_BUCKETS,
-            registry=registry,
-        )
-        self.hook_failures = Counter(
-            "oversip_hooks_hook_failures",
-            "Calls of hook implementations that raised, per hook and plugin",
-            ["hook", "plugin"],
-            registry=registry,
-        )
-        self.reloads = Counter("oversip_hooks_reloads", "Reloads begun", registry=registry)
-        self.stalls = Counter(
-            "oversip_hooks_event_loop_stalls",
-            "Times the event loop was blocked past the blocked-loop threshold",
-            registry=registry,
-        )
-        self.last_stall = Gauge(
-            "oversip_hooks_event_loop_last_stall_seconds",
-            "How long the last stall of the event loop had lasted when last reported",
-            registry=registry,
-        )
-        registry.register(_ServicesCollector(runtime))
-        ProcessCollector(registry=registry)
-
-
-class _ServicesCollector:
-    """Services running per plugin, read from the runtime at each scrape."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-
-    def describe(self) -> Iterable[Metric]:
-        return [self._family()]
-
-    def collect(self) -> Iterable[Metric]:
-        family = self._family()
-        for plugin, count in sorted(self._runtime.services_running().items()):
-            family.add_metric([plugin], count)
-        return [family]
-
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "oversip_hooks_services_running", "Services running, per plugin", labels=["plugin"]
-        )
-
-
-class _Guarded:
-    """A plugin's collector whose failure is logged once and yields nothing."""
-
-    def __init__(self, plugin: str, collector: Collector) -> None:
-        self._plugin = plugin
-        self._collector = collector
-        self._failed = False
-
-    def describe(self) -> Iterable[Metric]:
-        describe: Callable[[], Iterable[Metric]] | None = getattr(self._collector, "describe", None)
-        return self._guard(describe or self._collector.collect)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._guard(self._collector.collect)
-
-    def _guard(self, produce: Callable[[], Iterable[Metric]]) -> list[Metric]:
-        try:
-            metrics = list(produce())
-            for metric in metrics:
-                _check_metric(metric)
-            return metrics
-        except Exception as exc:
-            if not self._failed:
-                self._failed = True
-                emit(
-                    LOG_ID,
-                    "error",
-                    f"a metrics collector of {self._plugin!r} failed: {printable(exc)}; "
-                    "its metrics are left out (logged once)",
-                    exception=exc,
-                )
-            return []
-
-
-def _check_metric(metric: object) -> None:
-    """Raise unless ``metric`` is a metric family that the text format can write: what a
-    plugin's collector yields is checked here, where its failure is its own, rather than
-    in the middle of the scrape."""
-    if not isinstance(metric, Metric):
-        raise TypeError(f"a collector yields metric families, not {printable(metric)}")
-    for sample in metric.samples:
-        float(sample.value)
-        if not all(isinstance(v, str) for v in (*sample.labels, *sample.labels.values())):
-            raise TypeError(f"labels of {sample.name!r} are not all str")
+    async def _make_metrics(self) -> None:
+        self._meter()
 
 
 def _failure(error: BaseException) -> str:

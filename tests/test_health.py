@@ -430,7 +430,9 @@ async def test_metrics_have_the_runtime_the_process_and_the_plugins() -> None:
     async with serving({"counted": counted}) as s:
         await wait_running(s.runtime)
         s.runtime.reload()
-        while s.runtime.state.value != "running" or not s.server._metrics.reloads._value.get():
+        while s.runtime.state.value != "running" or not (
+            s.server._metrics and s.server._metrics.reloads._value.get()
+        ):
             await trio.lowlevel.checkpoint()
         first = await request(s.address, "/metrics")
         assert first.status == 200
@@ -956,3 +958,24 @@ async def test_a_connection_that_has_sent_part_of_a_request_is_not_evicted() -> 
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 200 ")
         await slow.aclose()
+
+
+async def test_prometheus_is_imported_only_once_the_runtime_is_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Importing prometheus-client costs a start about as much as the rest of the server:
+    it comes after READY=1, and what happened before is counted all the same."""
+    monkeypatch.delitem(sys.modules, "oversip_hooks._metrics", raising=False)
+    gate = Gate()
+    async with serving({"gate": gate, "counted": Counted()}) as s:
+        await gate.waiting.wait()
+        assert "oversip_hooks._metrics" not in sys.modules  # starting: not yet
+        gate.open.set()
+        await wait_running(s.runtime)
+        while s.server._metrics is None:  # made in the server's background, once ready
+            await trio.lowlevel.checkpoint()
+        assert "oversip_hooks._metrics" in sys.modules
+        metrics = scrape((await request(s.address, "/metrics")).body)
+        hooks = metrics["oversip_hooks_hook_duration_seconds"]
+        assert sample(hooks, hooks.name + "_count", hook="started", plugin="gate") == 1
+        assert metrics["oversip_hooks_start_time_seconds"].samples[0].value > 0
