@@ -164,9 +164,7 @@ async def _serve(
         try:
             listening = await _health.open_listeners(*http)
         except OSError as exc:
-            host, port = http
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            _report(f"--http: cannot listen on {where}: {exc.strerror or exc}", exc, debug=False)
+            _report(_listen_failure(http, exc), exc, debug=False)
             return 2
     if notifier is not None:
         runtime.add_state_listener(notifier.on_state)
@@ -200,10 +198,33 @@ def _end_unless(done: threading.Event, end_process: Callable[[], object], why: s
     threading.Thread(target=watch, name=f"{PROG} closing", daemon=True).start()
 
 
+async def _cannot_listen(http: tuple[str, int]) -> str | None:
+    """Why ``run --http`` could not listen on ``http`` now, or ``None`` when it could:
+    for ``check``, which listens and closes at once."""
+    from . import _health
+
+    try:
+        listeners = await _health.open_listeners(*http)
+    except OSError as exc:
+        return _listen_failure(http, exc)
+    for listener in listeners:
+        await listener.aclose()
+    return None
+
+
+def _listen_failure(http: tuple[str, int], exc: OSError) -> str:
+    host, port = http
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"--http: cannot listen on {where}: {exc.strerror or exc}"
+
+
 def _check(options: argparse.Namespace) -> int:
     _, plugins = _prepare(options, for_run=False)
     if plugins.problems:
         return _refuse(plugins, debug=options.debug)
+    if options.http is not None and (unavailable := trio.run(_cannot_listen, options.http)):
+        _report(unavailable, None, debug=False)
+        return 2
     names = ", ".join(source.name for source in plugins.sources)
     print(f"{PROG}: ok (plugins: {names or 'none'})")
     return 0

@@ -526,6 +526,22 @@ async def test_an_address_in_use_is_bad_input_and_runs_no_hook(
     assert f"error: --http: cannot listen on 127.0.0.1:{port}: Address already in use" in line
 
 
+def test_check_tries_the_http_address_as_run_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check` passing means `run` starts: an address in use fails both."""
+    write(tmp_path, {"server.py": "def initialize():\n    pass\n"})
+    server = str(tmp_path / "server.py")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = main(["check", server, "--no-entrypoints", "--http", f"127.0.0.1:{port}"])
+    assert status == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+    assert main(["check", server, "--no-entrypoints", "--http", f"127.0.0.1:{port}"]) == 0
+
+
 # -- the real command: readiness over a whole life ----------------------------------------------
 
 # Each gate is a FIFO: the hook blocks (in a worker thread) until the test writes to it.
