@@ -64,7 +64,8 @@ NOTES = f"""\
 One extension hook call to N implementations, declared by a plugin of its own that
 implements none; the figure is the time per call (all N implementations). **dispatch** is
 `await runtime.hooks.NAME()` from a task beside a running `Runtime` (no observer, no
-`--trace-hooks`, loguru with no sink), its results collected in plugin order.
+`--trace-hooks`, loguru with no sink), its results collected in plugin order, after one
+untimed call that makes the hook's call plan (kept until a plugin comes or goes).
 **sync**: N plugins whose `def bench_sync(self): pass` does nothing; **pluggy** is
 `pm.hook.bench_sync()` on a plain `pluggy.PluginManager` with the same plugin instances,
 **loop** `for f in fns: f()` over the same bound methods. **async**: `async def
@@ -100,6 +101,9 @@ def _runtime(plugins: Sequence[object], call: Call) -> Variant:
                 # A state listener is an observer: with one, each call would build and
                 # send its events, which the figure is meant to be without.
                 stop_listening()
+                # Untimed: the first call makes the hook's call plan, which the runtime
+                # keeps until a plugin comes or goes; pluggy's side has its caller built.
+                await call(runtime)
                 with timed() as timer:
                     for _ in range(count):
                         await call(runtime)

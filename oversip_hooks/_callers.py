@@ -23,7 +23,7 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from contextlib import nullcontext
 from contextvars import ContextVar
 from functools import partial
@@ -184,11 +184,12 @@ class Calling:
         lifecycle: bool = False,
         collect: bool = False,
         firstresult: bool = False,
-    ) -> None:
+    ) -> Any:
         """Call ``steps`` one after the other, appending to ``results`` a
-        :class:`HookOutcome` each (``collect``) or each value (the first non-``None``
-        alone, with ``firstresult``); without ``collect``, the first error is raised
-        and the rest are not called. Cancellations always go on up."""
+        :class:`HookOutcome` each (``collect``) or each value; return ``results``, or,
+        with ``firstresult``, the first value that is not ``None`` (the rest are not
+        called) or ``None``. Without ``collect``, the first error is raised and the rest
+        are not called. Cancellations always go on up."""
         # Locals and unpacked tuples: this loop is the cost of every hook call.
         watched = lifecycle or collect or self.trace or self.observers.watching_calls
         frame = sys._getframe()
@@ -229,10 +230,10 @@ class Calling:
                 elif not firstresult:
                     results.append(value)
                 elif value is not None:
-                    results.append(value)
-                    return
+                    return value
         finally:
             running.pop(frame, None)
+        return None if firstresult else results
 
     async def concurrently(
         self, hook: str, steps: list[_Step], kwargs: Mapping[str, object], limit: float | None
@@ -389,9 +390,10 @@ class ExtensionHook:
     def __repr__(self) -> str:
         return f"<extension hook {self.name!r}>"
 
-    async def __call__(self, **kwargs: object) -> Any:
+    def __call__(self, **kwargs: object) -> Coroutine[Any, Any, Any]:
         """Call every implementation, one after the other; return their results in
-        order (with ``firstresult``: the first that is not ``None``, or ``None``).
+        order (with ``firstresult``: the first that is not ``None``, or ``None``). A plain
+        function returning the calling loop's own coroutine: one frame less per call.
 
         Raises:
             TypeError: an argument is missing or not in the hook's specification.
@@ -403,15 +405,12 @@ class ExtensionHook:
             results = await runtime.hooks.health_check()
         """
         plan = self._planned(kwargs)
-        results: list[Any] = []
-        calling = self._calling
         if plan.wrappers:
             inner = partial(self._values, plan, kwargs)
-            return await calling.wrapped(self.name, plan.wrappers, kwargs, inner)
-        await calling.sequence(self.name, plan.steps, kwargs, results, firstresult=plan.firstresult)
-        if plan.firstresult:
-            return results[0] if results else None
-        return results
+            return self._calling.wrapped(self.name, plan.wrappers, kwargs, inner)
+        return self._calling.sequence(
+            self.name, plan.steps, kwargs, [], firstresult=plan.firstresult
+        )
 
     async def call_each(
         self,
@@ -502,13 +501,9 @@ class ExtensionHook:
         return trio.from_thread.run(partial(self, **kwargs), trio_token=self._token)
 
     async def _values(self, plan: _Plan, kwargs: Mapping[str, object]) -> Any:
-        results: list[Any] = []
-        await self._calling.sequence(
-            self.name, plan.steps, kwargs, results, firstresult=plan.firstresult
+        return await self._calling.sequence(
+            self.name, plan.steps, kwargs, [], firstresult=plan.firstresult
         )
-        if plan.firstresult:
-            return results[0] if results else None
-        return results
 
     async def _outcomes(
         self, plan: _Plan, kwargs: Mapping[str, object], concurrently: bool, limit: float | None

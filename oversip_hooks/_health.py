@@ -205,13 +205,19 @@ class HealthServer:
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> NoReturn:
         async with listener:
+            failing = False  # one line per outage, not one per attempt
             while True:
                 try:
                     stream = await listener.accept()
                 except OSError as exc:  # EMFILE and the like: the process is out of sockets
-                    emit(LOG_ID, "error", f"cannot accept a connection: {exc}")
+                    if not failing:
+                        emit(LOG_ID, "error", f"cannot accept connections: {exc}; retrying")
+                    failing = True
                     await trio.sleep(self.request_deadline / 10)
                     continue
+                if failing:
+                    emit(LOG_ID, "notice", "accepting connections again")
+                    failing = False
                 if self._connections >= self.max_connections and not self._evict_idle():
                     stream.socket.close()  # no response: it may not have sent a request yet
                     continue

@@ -55,7 +55,7 @@ def prepare(server: PrivateServer, directory: Path, source: str, **environ: str)
 # The subcommand goes in argv, not in args: `spawn` and `command` block every installed
 # module for the commands they see in args, and this module is the one under test. The
 # SQLite module is blocked, to see only this one.
-def _argv(subcommand: str) -> tuple[str, ...]:
+def command_argv(subcommand: str) -> tuple[str, ...]:
     return (*COMMAND, subcommand)
 
 
@@ -70,7 +70,7 @@ async def run_server(
     """Start ``oversip-hooks run server.py OPTIONS`` in ``directory`` (see
     :func:`prepare`), with the MySQL module loaded from its entry point."""
     env = prepare(server, directory, source, **environ)
-    return await spawn("server.py", "-p", "no:sqlite", *options, env=env, argv=_argv("run"))
+    return await spawn("server.py", "-p", "no:sqlite", *options, env=env, argv=command_argv("run"))
 
 
 async def finished(
@@ -79,7 +79,7 @@ async def finished(
     """Run ``oversip-hooks SUBCOMMAND server.py OPTIONS`` to its end, output captured."""
     env = prepare(server, directory, source)
     return await command(
-        directory, "server.py", "-p", "no:sqlite", *options, env=env, argv=_argv(subcommand)
+        directory, "server.py", "-p", "no:sqlite", *options, env=env, argv=command_argv(subcommand)
     )
 
 
