@@ -2,7 +2,8 @@
 # Installs, from the distribution's own packages (Debian, Ubuntu), what the MySQL module
 # needs beyond pip: MariaDB's server, which its tests and benchmark start privately in a
 # temporary directory (never as a system service), and what pip needs to build the
-# driver mysqlclient (the MariaDB client library's headers, pkg-config, a C compiler).
+# driver mysqlclient (the MariaDB client library's headers, pkg-config, a C compiler,
+# Python's own headers).
 # Installs only what is missing, and nothing at all when everything is there, so CI can
 # run it on every build. Needs root (CI runs as root; on a workstation, use sudo). No
 # system server is started or enabled by this script.
@@ -17,6 +18,12 @@ if ! pkg-config --exists libmariadb 2>/dev/null; then
 fi
 if ! command -v cc >/dev/null 2>&1; then
     missing="$missing gcc"
+fi
+# mysqlclient has no Linux wheel: it compiles against the headers of the Python that
+# creates the virtual environment (a distribution's python3 ships them apart).
+include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
+if [ -n "$include" ] && [ ! -f "$include/Python.h" ]; then
+    missing="$missing python3-dev"
 fi
 [ -z "$missing" ] && exit 0
 
