@@ -16,8 +16,7 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -27,13 +26,11 @@ import aiomysql  # type: ignore[import-untyped]
 import MySQLdb
 import oversip_mod_mysql
 import pymysql  # type: ignore[import-untyped]  # a baseline only: no stubs installed
-import trio
 from oversip_mod_mysql.testing import PrivateServer
-
-from oversip_hooks import Runtime, get_plugin_manager, hookimpl
 
 from ._measure import Profile, Variant, interleave, timed
 from ._report import Section, compare
+from ._statements import Workers, cycling_ids, in_nursery, in_runtime, spread
 
 SIZE = 4  # connections in the module's pool and in aiomysql's
 TASKS = 16
@@ -60,16 +57,12 @@ SELECT = "SELECT id, v FROM bench WHERE id = %s"
 ROWS = 1000
 
 
-def _ids() -> Iterator[int]:
-    return itertools.cycle(range(1, ROWS + 1))
-
-
 # -- the floor: the driver in one thread ---------------------------------------------
 
 
 def _floor(connect: Callable[..., Any], server: PrivateServer, sql: str) -> Variant:
     connection = connect(**_driver_arguments(server), autocommit=True)
-    ids = _ids()
+    ids = cycling_ids(ROWS)
 
     def measure(count: int) -> Mapping[str, float]:
         with closing(connection.cursor()) as cursor, timed() as timer:
@@ -92,37 +85,11 @@ def _driver_arguments(server: PrivateServer) -> dict[str, Any]:
     }
 
 
-# -- concurrency, the same for both event loops -----------------------------------------
-
-
-Workers = list[Callable[[], Awaitable[None]]]
-
-
-async def _spread(
-    count: int,
-    tasks: int,
-    statement: Callable[[], Awaitable[object]],
-    run_all: Callable[[Workers], Awaitable[None]],
-) -> None:
-    """``count`` statements shared by ``tasks`` workers, which ``run_all`` runs
-    concurrently, on its own event loop."""
-    per_task = [count // tasks + (1 if n < count % tasks else 0) for n in range(tasks)]
-
-    def worker(n: int) -> Callable[[], Awaitable[None]]:
-        async def statements() -> None:
-            for _ in range(n):
-                await statement()
-
-        return statements
-
-    await run_all([worker(n) for n in per_task if n])
-
-
 # -- aiomysql on asyncio --------------------------------------------------------------
 
 
 def _aiomysql(server: PrivateServer, sql: str, tasks: int) -> Variant:
-    ids = _ids()
+    ids = cycling_ids(ROWS)
 
     async def measure_async(count: int) -> float:
         pool = await aiomysql.create_pool(
@@ -141,7 +108,7 @@ def _aiomysql(server: PrivateServer, sql: str, tasks: int) -> Variant:
 
         try:
             with timed() as timer:
-                await _spread(count, tasks, statement, gather)
+                await spread(count, tasks, statement, gather)
         finally:
             pool.close()
             await pool.wait_closed()
@@ -157,48 +124,21 @@ def _aiomysql(server: PrivateServer, sql: str, tasks: int) -> Variant:
 
 
 def _module(server: PrivateServer, sql: str, tasks: int) -> Variant:
-    ids = _ids()
+    ids = cycling_ids(ROWS)
 
-    class Bench:
-        def __init__(self, count: int) -> None:
-            self.count = count
-            self.seconds = 0.0
+    def add_pool() -> None:
+        oversip_mod_mysql.add_pool("bench", size=SIZE, **server.pool_settings())
 
-        @hookimpl
-        def initialize(self) -> None:
-            oversip_mod_mysql.add_pool("bench", size=SIZE, **server.pool_settings())
+    async def body(pool: oversip_mod_mysql.Pool, count: int) -> None:
+        async def statement() -> None:
+            if sql is INSERT:
+                await pool.execute(sql, ("x",))
+            else:
+                await pool.fetchone(sql, (next(ids),))
 
-        @hookimpl
-        async def started(self, runtime: Runtime) -> None:
-            pool = oversip_mod_mysql.pool("bench")
+        await spread(count, tasks, statement, in_nursery)
 
-            async def statement() -> None:
-                if sql is INSERT:
-                    await pool.execute(sql, ("x",))
-                else:
-                    await pool.fetchone(sql, (next(ids),))
-
-            async def gather(workers: Workers) -> None:
-                async with trio.open_nursery() as nursery:
-                    for worker in workers:
-                        nursery.start_soon(worker)
-
-            with timed() as timer:
-                await _spread(self.count, tasks, statement, gather)
-            self.seconds = timer.seconds
-            runtime.stop()
-
-    def measure(count: int) -> Mapping[str, float]:
-        bench = Bench(count)
-        pm = get_plugin_manager()
-        pm.register(oversip_mod_mysql, name="mysql")
-        pm.register(bench, name="bench")
-        status = trio.run(Runtime(pm, handle_signals=False).run)
-        if status != 0:
-            raise RuntimeError(f"the MySQL module's benchmark runtime exited with {status}")
-        return {"op": bench.seconds / count}
-
-    return measure
+    return in_runtime(oversip_mod_mysql, "mysql", add_pool, body)
 
 
 @contextmanager

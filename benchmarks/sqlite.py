@@ -15,21 +15,18 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import closing
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import aiosqlite
 import oversip_mod_sqlite
-import trio
-
-from oversip_hooks import Runtime, get_plugin_manager, hookimpl
 
 from ._measure import Profile, Variant, interleave, timed
 from ._report import Section, compare
+from ._statements import Workers, cycling_ids, in_nursery, in_runtime, spread
 
 SIZE = 4  # connections in the module's pool
 TASKS = 16
@@ -62,10 +59,6 @@ INSERT = "INSERT INTO bench (v) VALUES (?)"
 SELECT = "SELECT id, v FROM bench WHERE id = ?"
 
 
-def _ids() -> Iterator[int]:
-    return itertools.cycle(range(1, ROWS + 1))
-
-
 def _connect(database: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(database, timeout=TIMEOUT, isolation_level=None)
     connection.execute("PRAGMA synchronous = NORMAL")
@@ -82,7 +75,7 @@ def _insert_batch(connection: sqlite3.Connection) -> None:
 
 def _floor(database: Path, sql: str) -> Variant:
     connection = _connect(database)
-    ids = _ids()
+    ids = cycling_ids(ROWS)
 
     def measure(count: int) -> Mapping[str, float]:
         with timed() as timer:
@@ -115,37 +108,11 @@ def _raw_batch(database: Path) -> Variant:
     return measure
 
 
-# -- concurrency, the same for both event loops -----------------------------------------
-
-
-Workers = list[Callable[[], Awaitable[None]]]
-
-
-async def _spread(
-    count: int,
-    tasks: int,
-    statement: Callable[[], Awaitable[object]],
-    run_all: Callable[[Workers], Awaitable[None]],
-) -> None:
-    """``count`` statements shared by ``tasks`` workers, which ``run_all`` runs
-    concurrently, on its own event loop."""
-    per_task = [count // tasks + (1 if n < count % tasks else 0) for n in range(tasks)]
-
-    def worker(n: int) -> Callable[[], Awaitable[None]]:
-        async def statements() -> None:
-            for _ in range(n):
-                await statement()
-
-        return statements
-
-    await run_all([worker(n) for n in per_task if n])
-
-
 # -- aiosqlite on asyncio ---------------------------------------------------------------
 
 
 def _aiosqlite(database: Path, sql: str, tasks: int) -> Variant:
-    ids = _ids()
+    ids = cycling_ids(ROWS)
 
     async def measure_async(count: int) -> float:
         async with aiosqlite.connect(database, timeout=TIMEOUT, isolation_level=None) as db:
@@ -161,7 +128,7 @@ def _aiosqlite(database: Path, sql: str, tasks: int) -> Variant:
                 await asyncio.gather(*(worker() for worker in workers))
 
             with timed() as timer:
-                await _spread(count, tasks, statement, gather)
+                await spread(count, tasks, statement, gather)
         return timer.seconds / count
 
     def measure(count: int) -> Mapping[str, float]:
@@ -176,43 +143,16 @@ def _aiosqlite(database: Path, sql: str, tasks: int) -> Variant:
 def _module(
     database: Path, body: Callable[[oversip_mod_sqlite.Pool, int], Awaitable[None]]
 ) -> Variant:
-    """A variant that runs ``body(pool, count)`` timed, from a ``started`` hook of a real
-    Runtime with the module's pool open."""
+    def add_pool() -> None:
+        oversip_mod_sqlite.add_pool(
+            "bench", database=database, size=SIZE, synchronous="NORMAL", timeout=TIMEOUT
+        )
 
-    class Bench:
-        def __init__(self, count: int) -> None:
-            self.count = count
-            self.seconds = 0.0
-
-        @hookimpl
-        def initialize(self) -> None:
-            oversip_mod_sqlite.add_pool(
-                "bench", database=database, size=SIZE, synchronous="NORMAL", timeout=TIMEOUT
-            )
-
-        @hookimpl
-        async def started(self, runtime: Runtime) -> None:
-            pool = oversip_mod_sqlite.pool("bench")
-            with timed() as timer:
-                await body(pool, self.count)
-            self.seconds = timer.seconds
-            runtime.stop()
-
-    def measure(count: int) -> Mapping[str, float]:
-        bench = Bench(count)
-        pm = get_plugin_manager()
-        pm.register(oversip_mod_sqlite, name="sqlite")
-        pm.register(bench, name="bench")
-        status = trio.run(Runtime(pm, handle_signals=False).run)
-        if status != 0:
-            raise RuntimeError(f"the SQLite module's benchmark runtime exited with {status}")
-        return {"op": bench.seconds / count}
-
-    return measure
+    return in_runtime(oversip_mod_sqlite, "sqlite", add_pool, body)
 
 
 def _module_statements(database: Path, sql: str, tasks: int) -> Variant:
-    ids = _ids()
+    ids = cycling_ids(ROWS)
 
     async def body(pool: oversip_mod_sqlite.Pool, count: int) -> None:
         async def statement() -> None:
@@ -221,12 +161,7 @@ def _module_statements(database: Path, sql: str, tasks: int) -> Variant:
             else:
                 await pool.fetchone(sql, (next(ids),))
 
-        async def start_all(workers: Workers) -> None:
-            async with trio.open_nursery() as nursery:
-                for worker in workers:
-                    nursery.start_soon(worker)
-
-        await _spread(count, tasks, statement, start_all)
+        await spread(count, tasks, statement, in_nursery)
 
     return _module(database, body)
 
