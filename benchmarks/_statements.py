@@ -13,7 +13,8 @@ import trio
 
 from oversip_hooks import Runtime, get_plugin_manager, hookimpl
 
-from ._measure import Variant, timed
+from ._measure import Samples, Variant, timed
+from ._report import Section, compare
 
 Workers = list[Callable[[], Awaitable[None]]]
 
@@ -88,3 +89,26 @@ def in_runtime(
         return {"op": bench.seconds / count}
 
     return measure
+
+
+def workload_rows(
+    section: Section, samples: Samples, workload: str, rival: str, sizes: list[str], limit: float
+) -> None:
+    """The rows of one workload: the module against ``rival`` (with the target ``limit``)
+    and against the floor, for each size; the variants are named ``"module SIZE"``,
+    ``"RIVAL SIZE"`` and ``"floor"``."""
+    for size in sizes:
+        module = (f"module {size}", "op")
+        section.rows.append(
+            compare(
+                samples,
+                f"{workload}: module / {rival}",
+                size,
+                module,
+                (f"{rival} {size}", "op"),
+                limit=limit,
+            )
+        )
+        section.rows.append(
+            compare(samples, f"{workload}: module / floor", size, module, ("floor", "op"))
+        )

@@ -30,7 +30,14 @@ from oversip_mod_mysql.testing import PrivateServer
 
 from ._measure import Profile, Variant, interleave, timed
 from ._report import Section, compare
-from ._statements import Workers, cycling_ids, in_nursery, in_runtime, spread
+from ._statements import (
+    Workers,
+    cycling_ids,
+    in_nursery,
+    in_runtime,
+    spread,
+    workload_rows,
+)
 
 SIZE = 4  # connections in the module's pool and in aiomysql's
 TASKS = 16
@@ -173,17 +180,8 @@ def run(profile: Profile) -> Section:
                 budget=profile.budget,
                 min_sample=profile.min_sample * 10,  # a sample outlasts a pool's start
             )
-            for size in ("sequential", f"{TASKS} tasks"):
-                module = (f"module {size}", "op")
-                section.rows.append(
-                    compare(
-                        samples, f"{workload}: module / aiomysql", size, module,
-                        (f"aiomysql {size}", "op"), limit=LIMIT,
-                    )
-                )  # fmt: skip
-                section.rows.append(
-                    compare(samples, f"{workload}: module / floor", size, module, ("floor", "op"))
-                )
+            sizes = ["sequential", f"{TASKS} tasks"]
+            workload_rows(section, samples, workload, "aiomysql", sizes, LIMIT)
             section.rows.append(
                 compare(
                     samples, f"{workload}: PyMySQL floor / mysqlclient floor", "sequential",

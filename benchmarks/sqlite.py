@@ -26,7 +26,14 @@ import oversip_mod_sqlite
 
 from ._measure import Profile, Variant, interleave, timed
 from ._report import Section, compare
-from ._statements import Workers, cycling_ids, in_nursery, in_runtime, spread
+from ._statements import (
+    Workers,
+    cycling_ids,
+    in_nursery,
+    in_runtime,
+    spread,
+    workload_rows,
+)
 
 SIZE = 4  # connections in the module's pool
 TASKS = 16
@@ -197,17 +204,8 @@ def run(profile: Profile) -> Section:
             samples = interleave(
                 variants, rounds=profile.rounds, budget=profile.budget, min_sample=min_sample
             )
-            for size in ("sequential", f"{TASKS} tasks"):
-                module = (f"module {size}", "op")
-                section.rows.append(
-                    compare(
-                        samples, f"{workload}: module / aiosqlite", size, module,
-                        (f"aiosqlite {size}", "op"), limit=LIMIT,
-                    )
-                )  # fmt: skip
-                section.rows.append(
-                    compare(samples, f"{workload}: module / floor", size, module, ("floor", "op"))
-                )
+            sizes = ["sequential", f"{TASKS} tasks"]
+            workload_rows(section, samples, workload, "aiosqlite", sizes, LIMIT)
         database = Path(directory) / "run.db"
         _create(database)
         samples = interleave(
