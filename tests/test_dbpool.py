@@ -7,12 +7,14 @@ bounded."""
 from __future__ import annotations
 
 import math
+import os
 import random
+import select
 import sqlite3
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -297,6 +299,9 @@ async def test_cancelled_while_running_it_is_interrupted_and_the_task_leaves_at_
     # The interrupted statement ended in its thread, and the connection serves again.
     for _ in range(3):
         assert await pool.call(lambda connection: connection.execute("SELECT 7").fetchone()) == (7,)
+    # The interrupted job was delivered (and dropped) too: nothing holds the close up.
+    with trio.fail_after(TIMEOUT):
+        assert await pool.aclose() == dbpool.Shutdown(connections=3, rolled_back=0, abandoned=0)
 
 
 async def test_a_result_finished_but_cancelled_is_discarded_and_counted_as_served(
@@ -468,8 +473,15 @@ async def test_inline_work_runs_in_trios_thread_and_a_hand_off_in_the_connection
 
 
 @pytest.mark.slow
-async def test_10000_statements_from_64_tasks_with_random_cancellations(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("tasks", "statements"),
+    [
+        (64, 10_000),  # results come back in batches, through trio's entry queue
+        (1, 3_000),  # one call at a time: each result rings the pool's bell
+    ],
+)
+async def test_statements_with_random_cancellations_none_twice_none_lost_none_half_done(
+    tmp_path: Path, tasks: int, statements: int
 ) -> None:
     """Every statement inserts two rows for its own k in one statement. No statement runs
     twice (no k has more than two rows), none is lost (every k whose call returned has
@@ -508,15 +520,15 @@ async def test_10000_statements_from_64_tasks_with_random_cancellations(
             await one(k)
 
     async with trio.open_nursery() as nursery:
-        for n in range(64):
-            nursery.start_soon(task, range(n * 10_000 // 64, (n + 1) * 10_000 // 64))
+        for n in range(tasks):
+            nursery.start_soon(task, range(n * statements // tasks, (n + 1) * statements // tasks))
     shutdown = await engine.aclose()
 
     found = rows(driver.database)
     assert set(found.values()) <= {2}
     assert returned <= set(found)
     assert set(found) <= returned | cancelled
-    assert len(returned) + len(cancelled) == 10_000
+    assert len(returned) + len(cancelled) == statements
     assert cancelled  # the test cancels something
     assert most_threads == 4
     assert shutdown == dbpool.Shutdown(connections=4, rolled_back=0, abandoned=0)
@@ -630,3 +642,102 @@ def test_the_threads_end_with_the_run_even_without_aclose(driver: Driver) -> Non
     for thread in pool_threads("forgotten pool"):
         thread.join(TIMEOUT)
     assert pool_threads("forgotten pool") == []
+
+
+# -- the bell ---------------------------------------------------------------------------------
+
+
+async def test_finished_and_rung_but_cancelled_before_its_task_woke_it_is_discarded(
+    tmp_path: Path,
+) -> None:
+    # The window between a thread ringing the bell and trio noticing is microseconds; the
+    # test widens it by blocking trio's thread until the ring (white box: it reads the
+    # bell's pipe), then cancels the waiting task.
+    engine = dbpool.Pool(Driver(tmp_path / "engine.db"), 1, label="rung pool")
+    await engine.open()
+    gate = Gate()
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_once_rung() -> None:
+                await gate.wait_reached()
+                bell = engine._bell
+                assert bell is not None
+                gate.opened.set()
+                # Blocking trio's thread: nothing is delivered until the cancel.
+                rung, _, _ = select.select([bell._read], [], [], TIMEOUT)
+                assert rung
+                scope.cancel()
+
+            nursery.start_soon(cancel_once_rung)
+            await engine.call(gate.work)
+    assert scope.cancelled_caught
+    assert dbpool.jobs_in_flight() == 0  # delivered by the cancellation, result dropped
+    stats = engine.stats()
+    assert (stats.in_use, stats.served, stats.waiting) == (0, 1, 0)
+    # The ring is still in the pipe: the next call wakes for it once, and waits on.
+    assert await engine.call(lambda connection: "next") == "next"
+    with trio.fail_after(TIMEOUT):
+        assert await engine.aclose() == dbpool.Shutdown(connections=1, rolled_back=0, abandoned=0)
+
+
+def open_pipes() -> int:
+    """This process's open pipes; the bell of an open pool is one (two descriptors)."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with suppress(FileNotFoundError):  # the listing's own descriptor, closed since
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sum(1 for link in links if link.startswith("pipe:")) // 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+async def test_the_bells_pipe_is_closed_however_the_pool_ends(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    before = open_pipes()
+
+    engine = dbpool.Pool(Driver(tmp_path / "a.db"), 2, label="closed pool")
+    await engine.open()
+    assert open_pipes() == before + 1
+    assert await engine.call(lambda connection: "rung") == "rung"
+    await engine.aclose()
+    assert open_pipes() == before
+
+    with pytest.raises(OSError, match="no more connections"):
+        await dbpool.Pool(Driver(tmp_path / "b.db", fail_at=1), 2, label="failed pool").open()
+    assert open_pipes() == before
+
+    # Abandoned at the shutdown, a thread may still ring the bell for the task that waits
+    # on it: the bell stays open until that task has its result.
+    engine = dbpool.Pool(Driver(tmp_path / "c.db"), 1, label="stuck pool", abandon_after=3)
+    await engine.open()
+    gate = Gate()
+    results: list[str] = []
+
+    async def call() -> None:
+        results.append(await engine.call(gate.work))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call)
+        await gate.wait_reached()
+        with trio.move_on_after(1):
+            await engine.aclose()
+        assert engine.shutdown == dbpool.Shutdown(connections=0, rolled_back=0, abandoned=1)
+        assert open_pipes() == before + 1
+        gate.opened.set()
+    assert results == ["through"]
+    assert open_pipes() == before
+
+
+def test_the_bells_pipe_is_closed_when_the_run_ends_without_aclose(driver: Driver) -> None:
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("reads /proc/self/fd")
+    before = open_pipes()
+
+    async def open_only() -> None:
+        engine = dbpool.Pool(driver, 2, label="forgotten pool")
+        await engine.open()
+        await engine.call(lambda connection: None)
+
+    trio.run(open_only)
+    assert open_pipes() == before

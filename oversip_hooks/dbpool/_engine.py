@@ -1,17 +1,24 @@
 # One worker thread per connection, owned by the pool: started by open() (a database
 # module's `started` hook), stopped and joined by aclose() (its `terminated` hook), so no
 # connection outlives the pool and none is ever used by two threads at once. A task hands
-# its work to a connection's thread through a queue.SimpleQueue and waits with
-# trio.lowlevel.wait_task_rescheduled; the thread hands the result back through one
+# its work to a connection's thread through a queue.SimpleQueue. Work is queued onto
+# connections that are busy (pipelining): an idle connection first, else the connection
+# with the fewest jobs queued, so that 64 tasks on 8 connections keep all 8 threads fed
+# instead of waiting in trio for a lease.
+#
+# The result comes back one of two ways. When the pool has nothing else in flight (one
+# task calling after another: a quiet server), the task waits on the pool's bell, a pipe,
+# with trio.lowlevel.wait_readable, and the thread writes a byte to it: trio's I/O wakes
+# that task directly, one scheduler pass. Otherwise the task waits with
+# trio.lowlevel.wait_task_rescheduled and the thread hands the result back through one
 # TrioToken.run_sync_soon per batch of finished jobs (a worker that finishes a job while
 # the previous batch is still undelivered adds to it), so a busy pool costs one wakeup of
-# trio for many statements. Work is queued onto connections that are busy (pipelining):
-# an idle connection first, else the connection with the fewest jobs queued, so that 64
-# tasks on 8 connections keep all 8 threads fed instead of waiting in trio for a lease.
-# A statement in a thread therefore costs its task one scheduler pass (its wait), plus a
-# share of the pass in which trio runs the batch's delivery callback: 2 task steps per
-# statement sequentially, where the lease/lock/limiter/to_thread design this replaces
-# took 5 (and 5 epoll waits).
+# trio for many statements; that wakeup goes through trio's entry-queue task, one pass
+# more. The bell took a sequential call to a worker thread from 78-90 us to 57-62 us
+# here; used under load too, it made the 16-task workloads slower (two wakeups per batch,
+# the bell's and the entry queue's), hence only when nothing else is in flight; and one
+# task at a time (trio allows one waiter per file descriptor). The lease/lock/limiter/
+# to_thread design this replaces took 5 task steps (and 5 epoll waits) per statement.
 #
 # Even that hop is slower than aiosqlite's whole statement when the database finishes it
 # in microseconds: waking trio from another thread is the cost (50-90 us here, against
@@ -25,12 +32,14 @@
 # interleaved rounds, three runs on 2 shared cores): one-row INSERT 0.44-0.63x
 # sequential and 0.48-0.81x from 16 tasks, point SELECT 0.31-0.50x and 0.29-0.87x, where
 # the old design took 4.1x, 4.4x, 4.6x and 6.3x on the same machine. A 100-INSERT
-# Pool.run is 1.37-1.65x the same function on sqlite3 in one thread: the hop costs
-# 50-60 us on a quiet machine (trio wakes through its entry queue's task; asyncio's
-# call_soon_threadsafe takes 32 us), more under load. Rejected: a thread per statement
-# from trio's cache (to_thread renames its thread twice per job and runs through a
-# CapacityLimiter), a lease object and a lock per call (two more passes each), one
-# connection behind a lock (WAL lets readers run beside the writer only on separate
+# Pool.run is 1.47-1.51x the same function on sqlite3 in one thread (1.61x without the
+# bell, same session): the hop costs 40-60 us, more under load, where waking one Python
+# thread from another and back through a pipe and epoll takes 20-33 us on this machine
+# (asyncio's call_soon_threadsafe: 32 us); the rest is the GIL, which the woken thread
+# waits for until trio's thread reaches its next epoll wait. Rejected: a thread per
+# statement from trio's cache (to_thread renames its thread twice per job and runs
+# through a CapacityLimiter), a lease object and a lock per call (two more passes each),
+# one connection behind a lock (WAL lets readers run beside the writer only on separate
 # connections), and busy-waiting in either thread (it holds the GIL the other needs).
 #
 # Cancellation, per case: work still queued is removed and never runs; work running in a
@@ -66,6 +75,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
+import os
 import queue
 import threading
 import time
@@ -237,7 +247,7 @@ class Driver(abc.ABC, Generic[C]):
 
 
 class _Job:
-    __slots__ = ("discarded", "error", "served", "state", "task", "value", "work", "worker")
+    __slots__ = ("bell", "discarded", "error", "served", "state", "task", "value", "work", "worker")
 
     def __init__(self, worker: _Worker[Any], work: Callable[[Any], object], served: bool):
         self.worker = worker
@@ -248,6 +258,7 @@ class _Job:
         self.value: object = None
         self.error: BaseException | None = None
         self.discarded = False  # its caller was cancelled: deliver nothing
+        self.bell: _Bell | None = None  # what its task waits on, if not a reschedule
 
 
 class _Worker(Generic[C]):
@@ -278,7 +289,39 @@ class _Worker(Generic[C]):
                 job.error = exc
             with lock:
                 job.state = _DONE
-            finished(job)
+                bell = job.bell
+                if bell is not None:
+                    # Under the lock: once _cancel() took the job off the bell, the
+                    # bell may be closed, and a ring must not come after that.
+                    bell.ring()
+            if bell is None:
+                finished(job)
+
+
+class _Bell:
+    """A pipe on which one task at a time waits for its job: its worker thread writes a
+    byte to it, which wakes that task directly (see the module's opening comment)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self.taken = False  # a task waits on it
+
+    def ring(self) -> None:
+        with suppress(BlockingIOError):  # full: it rings already
+            os.write(self._write, b"\0")
+
+    async def wait(self) -> None:
+        """Until it rings; may return for a ring meant for an earlier job."""
+        await trio.lowlevel.wait_readable(self._read)
+        with suppress(BlockingIOError):
+            os.read(self._read, 4096)
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self._read)
+        os.close(self._read)
+        os.close(self._write)
 
 
 class _InFlight:
@@ -419,6 +462,8 @@ class Pool(Generic[C]):
         self._token: trio.lowlevel.TrioToken | None = None
         self._done: list[_Job] = []  # finished in a thread, not yet delivered
         self._done_lock = threading.Lock()
+        self._bell: _Bell | None = None  # from open() to the shutdown (see _drop_bell)
+        self._pending = 0  # jobs submitted to the workers and not yet delivered or removed
         self._closed = trio.Event()
         self._interrupting: dict[_Job, None] = {}  # discarded, still running
         self._interrupt_soon: trio.Event | None = None
@@ -454,6 +499,7 @@ class Pool(Generic[C]):
             raise RuntimeError(f"{self.label} is {state}; it opens once")
         self._opening = True
         self._token = trio.lowlevel.current_trio_token()
+        self._bell = _Bell()
         self._in_flight = _in_flight()
         try:
             for index in range(self.size):
@@ -637,31 +683,35 @@ class Pool(Generic[C]):
         job = _Job(worker, work, served)
         worker.pending[job] = None
         self._in_flight.count += 1
+        self._pending += 1
         self._idle.pop(worker, None)
-        worker.jobs.put(job)
+        bell = self._bell
+        if abortable and self._pending == 1 and bell is not None and not bell.taken:
+            job.bell = bell
+            bell.taken = True
+            worker.jobs.put(job)
+            try:
+                while job.state == _QUEUED or job.state == _RUNNING:
+                    await bell.wait()
+            except BaseException:
+                self._cancel(job)
+                raise
+            finally:
+                bell.taken = False
+                if self._bell is not bell:  # the pool dropped it while this task waited
+                    bell.close()
+            if job.state == _DONE:  # else _fail_queued() failed it, and forgot it
+                self._delivered(job)
+        else:
+            worker.jobs.put(job)
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            if not abortable:
-                return trio.lowlevel.Abort.FAILED
-            with worker.lock:
-                state = job.state
-                if state == _QUEUED:
-                    job.state = _CANCELLED
-                else:  # running or done: its result is dropped on delivery
-                    job.discarded = True
-                    if state == _RUNNING:
-                        self.driver.interrupt(worker.connection)
-            if state == _QUEUED:
-                self._forget(job)
-            elif state == _RUNNING:
-                # An interrupt that lands before the job's statement starts is lost:
-                # the housekeeper repeats it until the job returns.
-                self._interrupting[job] = None
-                if self._interrupt_soon is not None:
-                    self._interrupt_soon.set()
-            return trio.lowlevel.Abort.SUCCEEDED
+            def abort(_: object) -> trio.lowlevel.Abort:
+                if not abortable:
+                    return trio.lowlevel.Abort.FAILED
+                self._cancel(job)
+                return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+            await trio.lowlevel.wait_task_rescheduled(abort)
         error = job.error
         if error is not None:
             job.error = None
@@ -670,6 +720,31 @@ class Pool(Generic[C]):
             finally:
                 del error
         return cast(T, job.value)
+
+    def _cancel(self, job: _Job) -> None:
+        """``job``'s task is cancelled: remove the job if it is queued, else interrupt
+        it if it runs, and deliver nothing."""
+        worker = job.worker
+        with worker.lock:
+            state = job.state
+            if state == _QUEUED:
+                job.state = _CANCELLED
+            else:  # running or done: its result is dropped on delivery
+                job.discarded = True
+                if state == _RUNNING:
+                    self.driver.interrupt(worker.connection)
+            rang = state == _DONE and job.bell is not None
+            job.bell = None  # if it runs, its thread delivers it through _finished()
+        if state == _QUEUED:
+            self._forget(job)
+        elif state == _RUNNING:
+            # An interrupt that lands before the job's statement starts is lost:
+            # the housekeeper repeats it until the job returns.
+            self._interrupting[job] = None
+            if self._interrupt_soon is not None:
+                self._interrupt_soon.set()
+        elif rang:
+            self._delivered(job)
 
     def _finished(self, job: _Job) -> None:
         """In a worker thread: queue ``job`` for delivery, waking trio once per batch."""
@@ -688,16 +763,20 @@ class Pool(Generic[C]):
             done, self._done = self._done, []
         reschedule = trio.lowlevel.reschedule
         for job in done:
-            if job.served and job.error is None:
-                self._served += 1
-            self._forget(job)
+            self._delivered(job)
             if not job.discarded:
                 reschedule(job.task)
+
+    def _delivered(self, job: _Job) -> None:
+        if job.served and job.error is None:
+            self._served += 1
+        self._forget(job)
 
     def _forget(self, job: _Job) -> None:
         worker = job.worker
         del worker.pending[job]
         self._in_flight.count -= 1
+        self._pending -= 1
         self._interrupting.pop(job, None)
         if not worker.pending:
             if worker.transaction is None and self.state is PoolState.OPEN:
@@ -788,6 +867,14 @@ class Pool(Generic[C]):
             if self.state is not PoolState.CLOSED:
                 for worker in self._workers:
                     worker.jobs.put(None)  # after the job it runs, if any
+            self._drop_bell()
+
+    def _drop_bell(self) -> None:
+        """Close the bell, unless a task still waits on it: a thread abandoned at the
+        shutdown may ring it yet, and that task closes it once it leaves."""
+        bell, self._bell = self._bell, None
+        if bell is not None and not bell.taken:
+            bell.close()
 
     def _stop_thread(self, worker: _Worker[C]) -> None:
         worker.jobs.put(None)
@@ -834,6 +921,7 @@ class Pool(Generic[C]):
             for worker in workers:
                 if worker not in live:
                     worker.jobs.put(None)  # abandoned: it ends once its work returns
+            self._drop_bell()
             self.shutdown = Shutdown(len(live), rolled_back, len(workers) - len(live))
             self.state = PoolState.CLOSED
             self._closed.set()
@@ -849,7 +937,10 @@ class Pool(Generic[C]):
             if queued:
                 self._forget(job)
                 job.error = self._not_open()
-                trio.lowlevel.reschedule(job.task)
+                if job.bell is not None:
+                    job.bell.ring()
+                else:
+                    trio.lowlevel.reschedule(job.task)
 
     async def _stop_running(self, workers: list[_Worker[C]]) -> list[_Worker[C]]:
         """Interrupt running work until every worker is idle, or abandon_after has
