@@ -6,10 +6,12 @@ bounded."""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
 import select
+import socket
 import sqlite3
 import threading
 from collections import Counter
@@ -681,6 +683,49 @@ async def test_finished_and_rung_but_cancelled_before_its_task_woke_it_is_discar
         assert await engine.aclose() == dbpool.Shutdown(connections=1, rolled_back=0, abandoned=0)
 
 
+async def test_out_of_file_descriptors_at_open_the_pool_stays_unopened(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = dbpool.Pool(driver, 2, label="starved pool")
+
+    def no_pipe() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "pipe", no_pipe)
+    with pytest.raises(OSError, match="Too many open files"):
+        await engine.open()
+    assert engine.state is dbpool.PoolState.ADDED
+    assert pool_threads("starved pool") == []
+    with trio.fail_after(TIMEOUT):
+        assert await engine.aclose() == dbpool.Shutdown(0, 0, 0)
+
+
+async def test_a_driver_whose_interrupt_raises_still_gets_its_work_delivered(
+    tmp_path: Path,
+) -> None:
+    class FailingInterrupt(Driver):
+        def interrupt(self, connection: sqlite3.Connection) -> None:
+            raise RuntimeError("cannot interrupt")
+
+    engine = dbpool.Pool(FailingInterrupt(tmp_path / "engine.db"), 1, label="failing pool")
+    await engine.open()
+    gate = Gate()
+    scope = trio.CancelScope()
+
+    async def cancel_when_reached() -> None:
+        await gate.wait_reached()
+        scope.cancel()
+        gate.opened.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancel_when_reached)
+        with scope, pytest.raises(RuntimeError, match="cannot interrupt"):
+            await engine.call(gate.work)
+    # The thread delivered the job all the same: nothing holds the close up.
+    with trio.fail_after(TIMEOUT):
+        assert await engine.aclose() == dbpool.Shutdown(connections=1, rolled_back=0, abandoned=0)
+
+
 def open_pipes() -> int:
     """This process's open pipes; the bell of an open pool is one (two descriptors)."""
     links = []
@@ -741,3 +786,199 @@ def test_the_bells_pipe_is_closed_when_the_run_ends_without_aclose(driver: Drive
 
     trio.run(open_only)
     assert open_pipes() == before
+
+
+# -- an inline call that waits for a server's reply ----------------------------------------
+
+
+class Server:
+    """A server on the other end of a socket pair: it answers each line with the same
+    line once the test lets it (``answer``), or with ``interrupted`` once interrupted."""
+
+    def __init__(self) -> None:
+        self.client, self._server = socket.socketpair()
+        self.allowed = threading.Semaphore(0)
+        self.interrupted = threading.Event()
+        self.received: list[bytes] = []
+        self._arrived = threading.Condition()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def answer(self) -> None:
+        self.allowed.release()
+
+    def _serve(self) -> None:
+        with self._server, self._server.makefile("rb") as lines:
+            for line in lines:
+                self.interrupted.clear()  # an interrupt stops the request in progress only
+                with self._arrived:
+                    self.received.append(line)
+                    self._arrived.notify_all()
+                while not self.allowed.acquire(timeout=0.001):
+                    if self.interrupted.is_set():
+                        self.interrupted.clear()
+                        line = b"interrupted\n"
+                        break
+                self._server.sendall(line)
+
+    async def wait_received(self, count: int) -> None:
+        def wait() -> bool:
+            with self._arrived:
+                return self._arrived.wait_for(lambda: len(self.received) >= count, TIMEOUT)
+
+        assert await trio.to_thread.run_sync(wait)
+
+    def close(self) -> None:
+        self.client.close()
+        self._thread.join(TIMEOUT)
+
+
+class Ask:
+    """Work that sends ``word`` and returns the reply: inline, or in the worker thread."""
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+        self.finished_in: int | None = None  # the thread that read the reply
+
+    def __call__(self, server: Server) -> str:
+        server.client.sendall(self.word.encode() + b"\n")
+        return self.finish(server)
+
+    def finish(self, server: Server) -> str:
+        self.finished_in = threading.get_ident()
+        reply = b""
+        while not reply.endswith(b"\n"):
+            reply += server.client.recv(100)
+        if reply == b"interrupted\n":
+            raise InterruptedError("interrupted")
+        return reply.decode().strip()
+
+
+class ServerDriver(dbpool.Driver[Server]):
+    def __init__(self) -> None:
+        self.servers: list[Server] = []
+
+    def connect(self) -> Server:
+        self.servers.append(Server())
+        return self.servers[-1]
+
+    def begin(self, connection: Server, mode: str) -> None:
+        pass
+
+    def commit(self, connection: Server) -> None:
+        pass
+
+    def rollback(self, connection: Server) -> bool:
+        return False
+
+    def close(self, connections: Sequence[Server], patience: float) -> None:
+        for server in connections:
+            server.close()
+
+    def interrupt(self, connection: Server) -> None:
+        connection.interrupted.set()
+
+    def run_inline(
+        self, connection: Server, work: Callable[[Server], T]
+    ) -> T | dbpool.WaitForReply[Server, T]:
+        if not isinstance(work, Ask):
+            raise dbpool.HandOff
+        connection.client.sendall(work.word.encode() + b"\n")
+        return dbpool.WaitForReply(connection.client.fileno(), work.finish)  # type: ignore[arg-type]
+
+
+async def test_an_inline_call_waits_for_its_reply_holding_its_connection() -> None:
+    driver = ServerDriver()
+    engine = dbpool.Pool(driver, 1, label="reply pool")
+    await engine.open()
+    (server,) = driver.servers
+    ask = Ask("hello")
+    results: list[str] = []
+
+    async def call(work: Callable[[Server], str], inline: bool) -> None:
+        results.append(await engine.call(work, inline=inline))
+
+    assert engine.quiet
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, ask, True)
+            await server.wait_received(1)
+            assert not engine.quiet
+            assert dbpool.jobs_in_flight() == 1  # for a test clock to hold on
+            # Its connection is held: calls behind it wait, they do not reach the thread;
+            # once the reply is in, every one of them goes on.
+            nursery.start_soon(call, Ask("next"), False)
+            nursery.start_soon(call, Ask("last"), False)
+            await trio.testing.wait_all_tasks_blocked()
+            assert engine.stats().in_use == 1
+            assert engine.stats().waiting == 2
+            for _ in range(3):
+                server.answer()
+    assert results[0] == "hello"
+    assert sorted(results[1:]) == ["last", "next"]  # in either order
+    assert ask.finished_in == threading.get_ident()  # read in trio's thread
+    assert engine.stats().served == 3
+    assert engine.quiet
+    assert await engine.aclose() == dbpool.Shutdown(connections=1, rolled_back=0, abandoned=0)
+
+
+async def test_cancelled_while_waiting_for_its_reply_the_thread_reads_it_and_drops_it() -> None:
+    driver = ServerDriver()
+    engine = dbpool.Pool(driver, 1, label="dropped pool")
+    await engine.open()
+    (server,) = driver.servers
+    ask = Ask("lost")
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_once_received() -> None:
+                await server.wait_received(1)
+                scope.cancel()
+
+            nursery.start_soon(cancel_once_received)
+            await engine.call(ask, inline=True)
+    assert scope.cancelled_caught
+    # Interrupted, the server answered "interrupted" to the worker thread, which read it
+    # before the next call: that one gets its own reply, not the cancelled call's.
+    results: list[str] = []
+
+    async def call_again() -> None:
+        results.append(await engine.call(Ask("mine")))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call_again)
+        await server.wait_received(2)
+        server.answer()
+    assert results == ["mine"]
+    assert server.received == [b"lost\n", b"mine\n"]
+    assert ask.finished_in in {t.ident for t in pool_threads("dropped pool")}
+    assert dbpool.jobs_in_flight() == 0
+    stats = engine.stats()
+    assert (stats.in_use, stats.served, stats.waiting) == (0, 1, 0)
+    assert await engine.aclose() == dbpool.Shutdown(connections=1, rolled_back=0, abandoned=0)
+
+
+async def test_closing_waits_for_a_reply_and_past_the_deadline_interrupts_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    driver = ServerDriver()
+    # Never abandoned: the autojump clock would reach any deadline while the server thread
+    # answers the interrupt.
+    engine = dbpool.Pool(driver, 1, label="closing pool", abandon_after=math.inf)
+    await engine.open()
+    (server,) = driver.servers
+    outcome: list[str] = []
+
+    async def call() -> None:
+        try:
+            outcome.append(await engine.call(Ask("slow"), inline=True))
+        except InterruptedError as exc:
+            outcome.append(f"raised {exc}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call)
+        await server.wait_received(1)
+        with trio.move_on_after(1):
+            await engine.aclose()
+    assert outcome == ["raised interrupted"]
+    assert engine.shutdown == dbpool.Shutdown(connections=1, rolled_back=0, abandoned=0)

@@ -37,6 +37,7 @@ from ._engine import (
     PoolStats,
     Shutdown,
     Transaction,
+    WaitForReply,
     jobs_in_flight,
 )
 from ._probes import ModulePool, PoolStatsView, check_pools
@@ -56,6 +57,7 @@ __all__ = [
     "PoolStatsView",
     "Shutdown",
     "Transaction",
+    "WaitForReply",
     "check_pools",
     "jobs_in_flight",
 ]

@@ -42,6 +42,16 @@
 # one connection behind a lock (WAL lets readers run beside the writer only on separate
 # connections), and busy-waiting in either thread (it holds the GIL the other needs).
 #
+# A server's driver cannot bound its work that way, but it can send a request from trio's
+# thread and return WaitForReply: the engine waits for the connection's socket to become
+# readable (trio's I/O, no thread) and calls its finish() there, holding the connection
+# meanwhile (no job queues on it; Pool.quiet is False). MySQL's one-row writes take this
+# path on a quiet pool, at the cost of the statement alone (benchmarks/PROFILES.md). A
+# module asks for it only when the pool is quiet: under load, a connection held by a
+# reply is one that work cannot be queued onto. Cancelled while it waits, the request is
+# interrupted and finish() is queued on the connection's thread, first, its result
+# dropped: the reply is read before the connection's next job.
+#
 # Cancellation, per case: work still queued is removed and never runs; work running in a
 # thread is interrupted (Driver.interrupt, repeated by a system task until it returns,
 # since an interrupt that lands before its statement starts is lost) and its result
@@ -99,6 +109,31 @@ class HandOff(Exception):
     """Raised by :meth:`Driver.run_inline`: this work must run in the connection's worker
     thread. The driver has undone whatever the attempt did; the engine queues the same
     work on the same connection."""
+
+
+class WaitForReply(Generic[C, T]):
+    """What :meth:`Driver.run_inline` returns when it sent ``work`` to a database server
+    from trio's thread and the rest must wait for the reply.
+
+    Args:
+        fd: the connection's socket, readable once the reply has come.
+        finish: reads the reply and returns what ``work`` would have returned, or raises
+            what it would have raised. Run in trio's thread once ``fd`` is readable, so
+            it must not wait for more than what has arrived; or, if the caller was
+            cancelled first, in the connection's worker thread, where it may block.
+
+    Example::
+
+        def run_inline(self, connection, work):
+            connection.send_query(work.query)
+            return WaitForReply(connection.fileno(), work.read_reply)
+    """
+
+    __slots__ = ("fd", "finish")
+
+    def __init__(self, fd: int, finish: Callable[[C], T]) -> None:
+        self.fd = fd
+        self.finish = finish
 
 
 class PoolClosedError(RuntimeError):
@@ -231,13 +266,16 @@ class Driver(abc.ABC, Generic[C]):
         does nothing, so cancelled work runs to its end and its result is discarded.
         """
 
-    def run_inline(self, connection: C, work: Callable[[C], T]) -> T:
+    def run_inline(self, connection: C, work: Callable[[C], T]) -> T | WaitForReply[C, T]:
         """Run ``work(connection)`` in trio's thread, if it is quick; called only for
         :meth:`Pool.call` with ``inline=True``, on a connection whose thread is idle.
 
         The driver must bound the time it takes (SQLite: a progress handler, and no busy
         wait); when ``work`` needs longer, a lock, or anything that may block, it undoes
-        what the attempt did and raises :class:`HandOff`. The default always hands off.
+        what the attempt did and raises :class:`HandOff`. A driver whose server answers
+        over a socket may instead send the request and return :class:`WaitForReply`:
+        the engine holds the connection until the reply has come, then finishes in
+        trio's thread (MySQL's one-row writes). The default always hands off.
 
         Raises:
             HandOff: run it in the worker thread instead.
@@ -271,6 +309,7 @@ class _Worker(Generic[C]):
         self.lock = threading.Lock()  # guards job.state
         self.pending: dict[_Job, None] = {}  # submitted, not yet delivered (trio's thread)
         self.transaction: Transaction[C] | None = None
+        self.replying = False  # an inline call waits, in trio's thread, for its reply
         self.thread = threading.Thread(
             target=self._main, name=f"{pool.label} connection {index}", daemon=True
         )
@@ -304,8 +343,13 @@ class _Bell:
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
+        try:
+            os.set_blocking(self._read, False)
+            os.set_blocking(self._write, False)
+        except BaseException:
+            os.close(self._read)
+            os.close(self._write)
+            raise
         self.taken = False  # a task waits on it
 
     def ring(self) -> None:
@@ -347,8 +391,9 @@ def _in_flight() -> _InFlight:
 
 def jobs_in_flight() -> int:
     """How many jobs the pools of this trio run have handed to their worker threads and
-    not yet finished (or removed): what a test clock that must not jump while threads
-    work (trio's MockClock with autojump) can hold on, as it does on
+    not yet finished (or removed), and inline calls waiting for a server's reply
+    (:class:`WaitForReply`): what a test clock that must not jump while threads and
+    servers work (trio's MockClock with autojump) can hold on, as it does on
     ``trio.testing.active_thread_count()`` for ``trio.to_thread``.
 
     Example::
@@ -464,6 +509,7 @@ class Pool(Generic[C]):
         self._done_lock = threading.Lock()
         self._bell: _Bell | None = None  # from open() to the shutdown (see _drop_bell)
         self._pending = 0  # jobs submitted to the workers and not yet delivered or removed
+        self._replying = 0  # inline calls waiting for their reply
         self._closed = trio.Event()
         self._interrupting: dict[_Job, None] = {}  # discarded, still running
         self._interrupt_soon: trio.Event | None = None
@@ -474,7 +520,7 @@ class Pool(Generic[C]):
     def stats(self) -> PoolStats:
         """The pool's state now (see :class:`PoolStats`)."""
         is_open = self.state in (PoolState.OPEN, PoolState.CLOSING)
-        busy = [w for w in self._workers if w.pending or w.transaction is not None]
+        busy = [w for w in self._workers if w.pending or w.transaction or w.replying]
         queued = sum(max(0, len(w.pending) - 1) for w in self._workers)
         return PoolStats(
             open_connections=len(self._workers) if is_open else 0,
@@ -484,6 +530,19 @@ class Pool(Generic[C]):
             calls_timed=self._calls_timed,
             call_seconds=self._call_seconds,
         )
+
+    @property
+    def quiet(self) -> bool:
+        """Whether nothing is in flight: no work queued or running in a worker thread,
+        and no inline call waiting for its reply. An inline call that waits for a reply
+        (:class:`WaitForReply`) holds its connection meanwhile; under load, work queued
+        onto the connections' threads goes faster, so a module asks for it only then.
+
+        Example::
+
+            await engine.call(write, inline=engine.quiet)
+        """
+        return self._pending == 0 and self._replying == 0
 
     async def open(self) -> None:
         """Start the threads, and open the connections one after another, each in its
@@ -497,9 +556,9 @@ class Pool(Generic[C]):
         if self.state is not PoolState.ADDED or self._opening:
             state = "opening" if self._opening else self.state.value
             raise RuntimeError(f"{self.label} is {state}; it opens once")
+        self._bell = _Bell()  # first: out of file descriptors, the pool is still unopened
         self._opening = True
         self._token = trio.lowlevel.current_trio_token()
-        self._bell = _Bell()
         self._in_flight = _in_flight()
         try:
             for index in range(self.size):
@@ -550,7 +609,7 @@ class Pool(Generic[C]):
             deadline = trio.current_effective_deadline()
             self._unheld.unpark_all()  # they raise PoolClosedError
             try:
-                while any(w.pending or w.transaction is not None for w in self._workers):
+                while any(w.pending or w.transaction or w.replying for w in self._workers):
                     self._progress = trio.Event()
                     await self._progress.wait()
             finally:
@@ -591,9 +650,14 @@ class Pool(Generic[C]):
                 if self._idle:
                     idle = next(reversed(self._idle))
                     try:
-                        value = self.driver.run_inline(idle.connection, work)
+                        attempt = self.driver.run_inline(idle.connection, work)
                     except HandOff:
                         return await self._submit(idle, work)
+                    value: T = (
+                        await self._wait_for_reply(idle, attempt)
+                        if isinstance(attempt, WaitForReply)
+                        else attempt
+                    )
                     self._served += 1
                     return value
             return await self._submit(await self._unheld_worker(), work)
@@ -672,6 +736,10 @@ class Pool(Generic[C]):
 
     # -- submitting work and delivering results ------------------------------------------
 
+    # Protected from KeyboardInterrupt (delivered at the next checkpoint instead): raised
+    # between taking the bell and waiting on it, or in _cancel(), it would leave the bell
+    # taken and the counters wrong. trio protects the other path's abort and delivery.
+    @trio.lowlevel.enable_ki_protection
     async def _submit(
         self,
         worker: _Worker[C],
@@ -680,18 +748,18 @@ class Pool(Generic[C]):
         served: bool = True,
         abortable: bool = True,
     ) -> T:
-        job = _Job(worker, work, served)
-        worker.pending[job] = None
-        self._in_flight.count += 1
-        self._pending += 1
-        self._idle.pop(worker, None)
+        job = self._enqueue(worker, work, served)
         bell = self._bell
         if abortable and self._pending == 1 and bell is not None and not bell.taken:
             job.bell = bell
             bell.taken = True
             worker.jobs.put(job)
             try:
-                while job.state == _QUEUED or job.state == _RUNNING:
+                while True:
+                    with worker.lock:  # so that _DONE is seen after the ring, not before it
+                        state = job.state
+                    if state != _QUEUED and state != _RUNNING:
+                        break
                     await bell.wait()
             except BaseException:
                 self._cancel(job)
@@ -700,7 +768,7 @@ class Pool(Generic[C]):
                 bell.taken = False
                 if self._bell is not bell:  # the pool dropped it while this task waited
                     bell.close()
-            if job.state == _DONE:  # else _fail_queued() failed it, and forgot it
+            if state == _DONE:  # else _fail_queued() failed it, and forgot it
                 self._delivered(job)
         else:
             worker.jobs.put(job)
@@ -721,30 +789,72 @@ class Pool(Generic[C]):
                 del error
         return cast(T, job.value)
 
+    def _enqueue(self, worker: _Worker[C], work: Callable[[C], object], served: bool) -> _Job:
+        """A new job, counted as pending on ``worker``; the caller puts it on the queue."""
+        job = _Job(worker, work, served)
+        worker.pending[job] = None
+        self._in_flight.count += 1
+        self._pending += 1
+        self._idle.pop(worker, None)
+        return job
+
+    @trio.lowlevel.enable_ki_protection  # see _submit
+    async def _wait_for_reply(self, worker: _Worker[C], reply: WaitForReply[C, T]) -> T:
+        """The rest of an inline call that sent a request: hold ``worker``'s connection
+        until the reply has come, and finish in trio's thread. Cancelled first, the
+        request is interrupted and the worker thread reads the reply, before its next
+        job, and drops it."""
+        self._idle.pop(worker, None)
+        worker.replying = True
+        self._replying += 1
+        self._in_flight.count += 1
+        try:
+            try:
+                await trio.lowlevel.wait_readable(reply.fd)
+            except BaseException:
+                job = self._enqueue(worker, reply.finish, served=True)
+                job.discarded = True
+                worker.jobs.put(job)
+                self.driver.interrupt(worker.connection)  # the request runs on the server
+                self._keep_interrupting(job)
+                raise
+            return reply.finish(worker.connection)
+        finally:
+            worker.replying = False
+            self._replying -= 1
+            self._in_flight.count -= 1
+            if not worker.pending and self.state is PoolState.OPEN:
+                self._idle[worker] = None
+            self._unheld.unpark_all()  # any call can queue on it now
+            self._note_progress()
+
     def _cancel(self, job: _Job) -> None:
         """``job``'s task is cancelled: remove the job if it is queued, else interrupt
         it if it runs, and deliver nothing."""
         worker = job.worker
         with worker.lock:
             state = job.state
+            rang = state == _DONE and job.bell is not None
+            job.bell = None  # if it runs, its thread delivers it through _finished()
             if state == _QUEUED:
                 job.state = _CANCELLED
             else:  # running or done: its result is dropped on delivery
                 job.discarded = True
                 if state == _RUNNING:
                     self.driver.interrupt(worker.connection)
-            rang = state == _DONE and job.bell is not None
-            job.bell = None  # if it runs, its thread delivers it through _finished()
         if state == _QUEUED:
             self._forget(job)
         elif state == _RUNNING:
-            # An interrupt that lands before the job's statement starts is lost:
-            # the housekeeper repeats it until the job returns.
-            self._interrupting[job] = None
-            if self._interrupt_soon is not None:
-                self._interrupt_soon.set()
+            self._keep_interrupting(job)
         elif rang:
             self._delivered(job)
+
+    def _keep_interrupting(self, job: _Job) -> None:
+        # An interrupt that lands before the job's statement starts is lost: the
+        # housekeeper repeats it while the job runs, until it returns.
+        self._interrupting[job] = None
+        if self._interrupt_soon is not None:
+            self._interrupt_soon.set()
 
     def _finished(self, job: _Job) -> None:
         """In a worker thread: queue ``job`` for delivery, waking trio once per batch."""
@@ -779,7 +889,7 @@ class Pool(Generic[C]):
         self._pending -= 1
         self._interrupting.pop(job, None)
         if not worker.pending:
-            if worker.transaction is None and self.state is PoolState.OPEN:
+            if worker.transaction is None and not worker.replying and self.state is PoolState.OPEN:
                 self._idle[worker] = None
             self._note_progress()
 
@@ -804,8 +914,10 @@ class Pool(Generic[C]):
             return next(reversed(self._idle))
         best: _Worker[C] | None = None
         for worker in self._workers:
-            if worker.transaction is None and (
-                best is None or len(worker.pending) < len(best.pending)
+            if (
+                worker.transaction is None
+                and not worker.replying
+                and (best is None or len(worker.pending) < len(best.pending))
             ):
                 best = worker
         return best
@@ -946,12 +1058,12 @@ class Pool(Generic[C]):
         """Interrupt running work until every worker is idle, or abandon_after has
         passed; the workers whose thread came back."""
         with trio.move_on_after(self._abandon_after):
-            while any(w.pending for w in workers):
+            while any(w.pending or w.replying for w in workers):
                 for worker in workers:
                     with worker.lock:
-                        if any(job.state == _RUNNING for job in worker.pending):
+                        if worker.replying or any(job.state == _RUNNING for job in worker.pending):
                             self.driver.interrupt(worker.connection)
                 with trio.move_on_after(self._interrupt_every):
                     self._progress = trio.Event()
                     await self._progress.wait()
-        return [w for w in workers if not w.pending]
+        return [w for w in workers if not w.pending and not w.replying]

@@ -10,7 +10,8 @@ import pickle
 import MySQLdb
 import pytest
 import trio
-from oversip_hooks import hookimpl
+import trio.testing
+from oversip_hooks import dbpool, hookimpl
 from oversip_hooks.testing import LifecycleHarness
 
 import oversip_mod_mysql
@@ -129,6 +130,65 @@ async def test_a_cancelled_statement_is_killed_on_the_server_and_the_connection_
             "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP%'"
         )
         assert pool.stats().reconnects == 0
+
+
+async def test_a_write_on_a_quiet_pool_goes_out_from_trios_thread_and_cancelled_is_killed(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=1)
+    async with lifecycle.running():
+        pool = user.opened()
+        engine = pool._engine  # white box: which path the write took
+        await pool.execute(INSERT, ("a",))
+        locker = MySQLdb.connect(**server.pool_settings())
+        try:
+            locker.query("BEGIN")
+            locker.query("UPDATE items SET name = 'locked' WHERE id = 1")  # holds the row
+            blocked = "UPDATE items SET name = %s WHERE id = 1"
+
+            async def watch_and_cancel(scope: trio.CancelScope) -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                # Waiting for its reply in trio's thread: no job in the worker thread.
+                assert not engine.quiet
+                assert not any(worker.pending for worker in engine._workers)
+                assert dbpool.jobs_in_flight() == 1  # a test clock holds on it
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                with trio.CancelScope() as scope:
+                    nursery.start_soon(watch_and_cancel, scope)
+                    await pool.execute(blocked, ("cancelled",))
+            assert scope.cancelled_caught
+            # Queued behind the killed statement's reply, which the worker thread reads
+            # first: it returns once the KILL has landed, the row still locked.
+            assert await pool.fetchone("SELECT 1") == (1,)
+            locker.rollback()
+        finally:
+            locker.close()
+        assert await pool.fetchone("SELECT name FROM items WHERE id = 1") == ("a",)
+        assert not server.admin(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE items%'"
+        )
+        assert pool.stats().reconnects == 0
+        assert (await pool.execute(blocked, ("after",))).rowcount == 1
+        assert rows(server) == [(1, "after")]
+
+
+async def test_a_write_from_trios_thread_on_a_killed_connection_fails_clearly_and_is_replaced(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=1)
+    async with lifecycle.running():
+        pool = user.opened()
+        (thread_id,) = await pool.fetchone("SELECT CONNECTION_ID()")
+        server.admin(f"KILL CONNECTION {thread_id}")
+        with pytest.raises(ConnectionLostError, match="the connection was lost during this call"):
+            await pool.execute(INSERT, ("lost",))
+        result = await pool.execute(INSERT, ("later",))  # a new connection, in the thread
+        assert (result.rowcount, result.lastrowid) == (1, 1)
+        assert await pool.execute(INSERT, ("inline again",)) == oversip_mod_mysql.Result(1, 2)
+        assert [name for _, name in rows(server)] == ["later", "inline again"]
+        assert pool.stats().reconnects == 1
 
 
 class Misuse:

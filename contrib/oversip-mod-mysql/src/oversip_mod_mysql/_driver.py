@@ -25,6 +25,17 @@
 # that arrives just after the call's statement ended would stop the next call's statement
 # on that connection instead. The killer reads the connection's current query id, and
 # sends the KILL only if the call it was asked to stop is still the one running.
+#
+# A Write (one INSERT, UPDATE, DELETE or REPLACE, in autocommit, with no RETURNING) on an
+# idle connection is sent from trio's thread (MySQLDriver.run_inline, with mysqlclient's
+# send_query), and its reply, one small OK packet, read there once the socket is readable
+# (dbpool.WaitForReply): no hop to the worker thread and back, which cost more than the
+# statement itself (benchmarks/PROFILES.md). Nothing else is: a result set may be large,
+# and mysqlclient reads it on a blocking socket, which would block the loop while it
+# arrives. A query longer than _INLINE_LIMIT goes to the thread too, so that sending it
+# never waits for the server to read. Cancelled while it waits, the engine interrupts the
+# statement (the KILL above) and leaves the reply to the worker thread, before its next
+# call; the connection's order is kept.
 
 from __future__ import annotations
 
@@ -57,6 +68,8 @@ _LOST = frozenset(
     }
 )
 _KILL_TIMEOUT = 2  # seconds for the killer's connection
+_QUICK_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+_INLINE_LIMIT = 16384  # bytes: far below a socket's send buffer
 
 
 def driver_reason(exc: BaseException) -> str:
@@ -150,16 +163,69 @@ class Link:
         try:
             return work(self.connection)
         except MySQLdb.Error as exc:
-            if not is_lost(exc):
-                raise
-            self.drop()
-            raise self._lost(
-                f"the connection was lost during this call ({driver_reason(exc)}); the call "
-                "was not retried, and a write in it may or may not have been committed"
-            ) from exc
+            raise self._failed(exc) from exc
         finally:
             with self._guard:
                 self._call = None
+
+    def send(self, write: Write) -> dbpool.WaitForReply[Link, tuple[int, int]]:
+        """In trio's thread, on an idle connection: send ``write``'s statement; the
+        reply is for :meth:`read_reply`, once the connection's socket is readable.
+
+        Raises:
+            dbpool.HandOff: no connection (the worker thread reconnects), or a query
+                longer than _INLINE_LIMIT.
+            ConnectionLostError: the connection broke as the statement was sent.
+            MySQLdb.Error: the driver's (parameters that do not fit the placeholders).
+        """
+        mysql = self.connection
+        if mysql is None:
+            raise dbpool.HandOff
+        cursor = mysql.cursor()  # no I/O: it only binds the parameters, as execute() does
+        try:
+            query = cursor.mogrify(write.sql, write.parameters or None).encode(mysql.encoding)
+        finally:
+            cursor.close()
+        if len(query) > _INLINE_LIMIT:
+            raise dbpool.HandOff
+        with self._guard:
+            self._call = object()
+        try:
+            mysql.send_query(query)
+        except MySQLdb.Error as exc:
+            with self._guard:
+                self._call = None
+            raise self._failed(exc) from exc
+        return dbpool.WaitForReply(mysql.fileno(), Link.read_reply)
+
+    def read_reply(self) -> tuple[int, int]:
+        """The reply to what :meth:`send` sent: rows affected and the last insert id. In
+        trio's thread once it has come, or in the worker thread, where it may wait.
+
+        Raises:
+            ConnectionLostError: the connection broke before the reply came.
+            MySQLdb.Error: the server's (a duplicate key; 1317 when it was killed).
+        """
+        mysql = self.connection
+        try:
+            mysql.read_query_result()
+            return mysql.affected_rows(), mysql.insert_id()
+        except MySQLdb.Error as exc:
+            raise self._failed(exc) from exc
+        finally:
+            with self._guard:
+                self._call = None
+
+    def _failed(self, exc: MySQLdb.Error) -> Exception:
+        """What a call raises for the driver's ``exc``: itself, or, when the connection
+        is gone (which it then drops), ConnectionLostError."""
+        if not is_lost(exc):
+            return exc
+        self.drop()
+        return self._lost(
+            f"the connection was lost during this call ({driver_reason(exc)}); the call "
+            "was not retried, and a write in it may or may not have been committed"
+        )
 
     def _lost(self, what: str) -> ConnectionLostError:
         settings = self.settings
@@ -208,6 +274,39 @@ class Link:
                 still = self._call is call
             if row is not None and still:
                 killer.query(f"KILL QUERY ID {int(row[0])}")
+
+
+class Write:
+    """One write whose reply is one small packet (see :func:`is_quick_write`). Called on
+    a Link in its worker thread, it runs through a cursor; :meth:`MySQLDriver.run_inline`
+    sends it from trio's thread instead when the connection is idle."""
+
+    __slots__ = ("parameters", "sql")
+
+    def __init__(self, sql: str, parameters: Any) -> None:
+        self.sql = sql
+        self.parameters = parameters
+
+    def __call__(self, link: Link) -> tuple[int, int]:
+        return link.run(self._with_cursor)
+
+    def _with_cursor(self, mysql: Any) -> tuple[int, int]:
+        cursor = mysql.cursor()
+        try:
+            cursor.execute(self.sql, self.parameters or None)
+            return cursor.rowcount, cursor.lastrowid
+        finally:
+            cursor.close()
+
+
+def is_quick_write(sql: str) -> bool:
+    """Whether ``sql`` is one INSERT, UPDATE, DELETE or REPLACE without RETURNING: its
+    reply is one OK packet, never a result set."""
+    return (
+        sql.lstrip()[:7].upper().startswith(_QUICK_WRITES)
+        and ";" not in sql
+        and "RETURNING" not in sql.upper()
+    )
 
 
 class MySQLDriver(dbpool.Driver[Link]):
@@ -268,6 +367,13 @@ class MySQLDriver(dbpool.Driver[Link]):
     def interrupt(self, connection: Link) -> None:
         self.interrupts += 1
         connection.interrupt()
+
+    def run_inline(
+        self, connection: Link, work: Callable[[Link], _T]
+    ) -> _T | dbpool.WaitForReply[Link, _T]:
+        if not isinstance(work, Write) or connection.transaction is not None:
+            raise dbpool.HandOff
+        return connection.send(work)  # type: ignore[return-value]  # _T is (int, int) here
 
     def close(self, connections: Sequence[Link], patience: float) -> None:
         for link in connections:
