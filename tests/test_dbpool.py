@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import closing, suppress
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -982,3 +983,57 @@ async def test_closing_waits_for_a_reply_and_past_the_deadline_interrupts_it(
             await engine.aclose()
     assert outcome == ["raised interrupted"]
     assert engine.shutdown == dbpool.Shutdown(connections=1, rolled_back=0, abandoned=0)
+
+
+@pytest.mark.slow
+def test_a_reply_cancelled_by_the_close_deadline_is_still_read_by_the_thread() -> None:
+    # The caller and aclose() share one deadline: the caller queues the reply's finish()
+    # on the thread, and _shut() must leave it there (nobody waits for it, and the reply
+    # must be read before anything else runs on the connection). Racy by nature: the
+    # thread must not have taken the job yet; repeated.
+    async def once() -> None:
+        driver = ServerDriver()
+        engine = dbpool.Pool(driver, 1, label="race pool", abandon_after=TIMEOUT)
+        await engine.open()
+        (server,) = driver.servers
+        with trio.move_on_after(0.3):  # the runtime's shutdown deadline, for both
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(engine.call, Ask("waits"), inline=True))
+                await server.wait_received(1)
+                await engine.aclose()
+        with trio.fail_after(TIMEOUT):
+            await engine.aclose()
+        assert engine.shutdown == dbpool.Shutdown(connections=1, rolled_back=0, abandoned=0)
+        assert dbpool.jobs_in_flight() == 0
+
+    for _ in range(20):
+        trio.run(once)
+
+
+async def test_a_reply_abandoned_at_the_close_then_cancelled_leaves_nothing_in_flight() -> None:
+    class Deaf(ServerDriver):
+        def interrupt(self, connection: Server) -> None:
+            pass  # the server never answers an interrupt
+
+    driver = Deaf()
+    engine = dbpool.Pool(driver, 1, label="deaf pool", abandon_after=0.2, interrupt_every=0.05)
+    await engine.open()
+    (server,) = driver.servers
+    caller = trio.CancelScope()
+
+    async def call() -> None:
+        with caller:
+            await engine.call(Ask("unanswered"), inline=True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call)
+        await server.wait_received(1)
+        with trio.move_on_after(0.1):
+            await engine.aclose()
+        with trio.fail_after(TIMEOUT):
+            assert await engine.aclose() == dbpool.Shutdown(0, 0, abandoned=1)
+        assert dbpool.jobs_in_flight() == 1  # the reply it still waits for
+        caller.cancel()
+    assert caller.cancelled_caught
+    assert dbpool.jobs_in_flight() == 0  # nothing queued behind the thread's end
+    server.answer()  # lets the server's thread end

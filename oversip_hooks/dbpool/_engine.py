@@ -58,10 +58,11 @@
 # discarded, so the task leaves at once and the work either ran completely (and its
 # result was dropped) or not at all; the thread finishes it before its next job, so the
 # connection's order is kept. Work that finished but was not delivered yet is discarded
-# likewise. Inline work is cancelled only at its checkpoint, before it runs. Opening a
-# connection and the rollback that ends a transaction are not cancellable. A failed job's
-# traceback frames are cleared in its thread, so that a driver's objects (cursors) are
-# never freed in trio's thread while the connection runs its next job.
+# likewise. Inline work is cancelled at its checkpoint, before it runs, or while it waits
+# for a server's reply (see above). Opening a connection and the rollback that ends a
+# transaction are not cancellable. A failed job's traceback frames are cleared in its
+# thread, so that a driver's objects (cursors) are never freed in trio's thread while the
+# connection runs its next job.
 #
 # Closing refuses new work, waits for running and queued work and open transactions;
 # when the caller's deadline cuts that short, the rest happens shielded: queued work fails
@@ -310,6 +311,7 @@ class _Worker(Generic[C]):
         self.pending: dict[_Job, None] = {}  # submitted, not yet delivered (trio's thread)
         self.transaction: Transaction[C] | None = None
         self.replying = False  # an inline call waits, in trio's thread, for its reply
+        self.stopped = False  # told to end: nothing queued after that runs
         self.thread = threading.Thread(
             target=self._main, name=f"{pool.label} connection {index}", daemon=True
         )
@@ -623,13 +625,15 @@ class Pool(Generic[C]):
         assert self.shutdown is not None
         return self.shutdown
 
+    @trio.lowlevel.enable_ki_protection  # a request sent inline is always waited for
     async def call(self, work: Callable[[C], T], *, inline: bool = False) -> T:
         """Run ``work(connection)`` on a connection that no transaction holds, in its
         worker thread; with ``inline``, in trio's thread if the driver finds it quick
         (see :meth:`Driver.run_inline`). The engine opens no transaction around it.
 
-        Cancelled before it runs, it never runs; while it runs in a thread, it is
-        interrupted and its result discarded (see the module's opening comment).
+        Cancelled before it runs, it never runs; while it runs in a thread, or waits
+        inline for a server's reply, it is interrupted and its result discarded (see the
+        module's opening comment).
 
         Raises:
             PoolClosedError: the pool is not open.
@@ -812,6 +816,9 @@ class Pool(Generic[C]):
             try:
                 await trio.lowlevel.wait_readable(reply.fd)
             except BaseException:
+                if worker.stopped:  # abandoned by a forced close: only stop the request
+                    self.driver.interrupt(worker.connection)
+                    raise
                 job = self._enqueue(worker, reply.finish, served=True)
                 job.discarded = True
                 worker.jobs.put(job)
@@ -978,7 +985,7 @@ class Pool(Generic[C]):
         finally:
             if self.state is not PoolState.CLOSED:
                 for worker in self._workers:
-                    worker.jobs.put(None)  # after the job it runs, if any
+                    self._stop(worker)  # after the job it runs, if any
             self._drop_bell()
 
     def _drop_bell(self) -> None:
@@ -988,8 +995,12 @@ class Pool(Generic[C]):
         if bell is not None and not bell.taken:
             bell.close()
 
-    def _stop_thread(self, worker: _Worker[C]) -> None:
+    def _stop(self, worker: _Worker[C]) -> None:
+        worker.stopped = True
         worker.jobs.put(None)
+
+    def _stop_thread(self, worker: _Worker[C]) -> None:
+        self._stop(worker)
         # The thread is idle, waiting for its queue: it returns at once.
         worker.thread.join()
 
@@ -1032,7 +1043,7 @@ class Pool(Generic[C]):
         finally:
             for worker in workers:
                 if worker not in live:
-                    worker.jobs.put(None)  # abandoned: it ends once its work returns
+                    self._stop(worker)  # abandoned: it ends once its work returns
             self._drop_bell()
             self.shutdown = Shutdown(len(live), rolled_back, len(workers) - len(live))
             self.state = PoolState.CLOSED
@@ -1042,6 +1053,10 @@ class Pool(Generic[C]):
 
     def _fail_queued(self, worker: _Worker[C]) -> None:
         for job in list(worker.pending):
+            if job.discarded:
+                # Nobody waits for it; it may read a reply that must be read before the
+                # connection's next job (_wait_for_reply): it runs, _stop_running() waits.
+                continue
             with worker.lock:
                 queued = job.state == _QUEUED
                 if queued:

@@ -191,6 +191,52 @@ async def test_a_write_from_trios_thread_on_a_killed_connection_fails_clearly_an
         assert pool.stats().reconnects == 1
 
 
+async def test_writes_from_trios_thread_bind_parameters_as_the_driver_does(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    user = register_pool(lifecycle, server, size=1)
+    server.admin(f"CREATE TABLE {server.database}.blobs (id INT PRIMARY KEY, b BLOB)")
+    async with lifecycle.running():
+        pool = user.opened()
+        every_byte = bytes(range(256))  # not UTF-8, a quote, a backslash, a NUL
+        await pool.execute("INSERT INTO blobs (id, b) VALUES (%s, %s)", (1, every_byte))
+        assert await pool.fetchone("SELECT b FROM blobs WHERE id = 1") == (every_byte,)
+        await pool.execute(INSERT, ('it\'s 100% \\ "quoted"',))
+        await pool.execute("INSERT INTO items (name) VALUES (%(name)s)", {"name": "named"})
+        await pool.execute("UPDATE items SET name = 'plain%' WHERE id = 2")  # no parameters
+        long = "x" * 5000  # longer than what goes out from trio's thread: in the thread
+        await pool.execute("INSERT INTO blobs (id, b) VALUES (%s, %s)", (2, long))
+        assert await pool.fetchone("SELECT LENGTH(b) FROM blobs WHERE id = 2") == (5000,)
+        with pytest.raises(MySQLdb.ProgrammingError, match="not all arguments converted"):
+            await pool.execute(INSERT, ("one", "too many"))
+        assert [name for _, name in rows(server)] == ['it\'s 100% \\ "quoted"', "plain%"]
+
+
+@pytest.mark.slow
+async def test_with_a_read_timeout_a_write_waits_for_its_reply_in_the_thread(
+    lifecycle: LifecycleHarness, server: PrivateServer
+) -> None:
+    # The driver bounds each read by read_timeout in the worker thread; trio's wait for a
+    # reply would not, so such a pool sends nothing from trio's thread.
+    user = register_pool(lifecycle, server, size=1, read_timeout=1)
+    async with lifecycle.running():
+        pool = user.opened()
+        await pool.execute(INSERT, ("a",))
+        locker = MySQLdb.connect(**server.pool_settings())
+        try:
+            locker.query("BEGIN")
+            locker.query("UPDATE items SET name = 'locked' WHERE id = 1")
+            with trio.fail_after(30), pytest.raises(ConnectionLostError, match="2013") as lost:
+                await pool.execute("UPDATE items SET name = 'late' WHERE id = 1")
+            # The server may still run it once the lock is gone: the error says so.
+            assert "may or may not have been committed" in str(lost.value)
+        finally:
+            locker.rollback()
+            locker.close()
+        assert (await pool.execute(INSERT, ("after",))).rowcount == 1  # reconnected
+        assert pool.stats().reconnects == 1
+
+
 class Misuse:
     """Asks, from its started hook, for a pool that does not exist, and adds one late."""
 

@@ -40,7 +40,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing, suppress
 from typing import Any, TypeVar
 
@@ -69,7 +69,7 @@ _LOST = frozenset(
 )
 _KILL_TIMEOUT = 2  # seconds for the killer's connection
 _QUICK_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
-_INLINE_LIMIT = 16384  # bytes: far below a socket's send buffer
+_INLINE_LIMIT = 4096  # bytes: a quarter of Linux's default TCP send buffer (16 KiB)
 
 
 def driver_reason(exc: BaseException) -> str:
@@ -173,19 +173,30 @@ class Link:
         reply is for :meth:`read_reply`, once the connection's socket is readable.
 
         Raises:
-            dbpool.HandOff: no connection (the worker thread reconnects), or a query
-                longer than _INLINE_LIMIT.
+            dbpool.HandOff: no connection (the worker thread reconnects); a
+                ``read_timeout`` set (the driver applies it to reads in the thread, and
+                trio's wait would not); named parameters; a query longer than
+                _INLINE_LIMIT.
             ConnectionLostError: the connection broke as the statement was sent.
-            MySQLdb.Error: the driver's (parameters that do not fit the placeholders).
+            MySQLdb.ProgrammingError: parameters that do not fit the placeholders.
         """
         mysql = self.connection
-        if mysql is None:
+        parameters = write.parameters
+        if (
+            mysql is None
+            or self.settings.read_timeout is not None
+            or isinstance(parameters, Mapping)
+            or len(write.sql) + sum(map(_size, parameters)) > _INLINE_LIMIT
+        ):
             raise dbpool.HandOff
-        cursor = mysql.cursor()  # no I/O: it only binds the parameters, as execute() does
-        try:
-            query = cursor.mogrify(write.sql, write.parameters or None).encode(mysql.encoding)
-        finally:
-            cursor.close()
+        # Bound as the driver's cursor binds them (its public mogrify() decodes the query
+        # to str, which fails on binary parameters).
+        query = write.sql.encode(mysql.encoding)
+        if parameters:
+            try:
+                query %= tuple(map(mysql.literal, parameters))
+            except TypeError as exc:
+                raise MySQLdb.ProgrammingError(str(exc)) from None
         if len(query) > _INLINE_LIMIT:
             raise dbpool.HandOff
         with self._guard:
@@ -297,6 +308,10 @@ class Write:
             return cursor.rowcount, cursor.lastrowid
         finally:
             cursor.close()
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, (str, bytes, bytearray)) else 0
 
 
 def is_quick_write(sql: str) -> bool:
