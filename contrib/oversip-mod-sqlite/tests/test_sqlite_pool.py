@@ -210,6 +210,49 @@ async def test_a_transaction_rolls_back_when_its_block_raises(
     assert read_rows(database) == []
 
 
+async def test_an_interrupt_that_lands_on_the_rollback_does_not_leave_the_transaction_open(
+    lifecycle: LifecycleHarness, with_pool: WithPool, database: Path
+) -> None:
+    """The engine repeats the interrupt of a cancelled call until the call returns, so
+    one may land on the ROLLBACK that ends it; SQLite interrupts a ROLLBACK too, which
+    then leaves the transaction open, holding the write lock for the connection's next
+    calls. Here a progress handler interrupts the ROLLBACK itself, once (a handler that
+    returns non-zero interrupts the statement as sqlite3_interrupt() does)."""
+    armed = threading.Event()
+    tables = Connections()
+
+    def interrupt_the_next_statement(connection: sqlite3.Connection) -> None:
+        tables(connection)
+
+        def on_progress() -> int:
+            if armed.is_set():
+                armed.clear()
+                return 1
+            return 0
+
+        connection.set_progress_handler(on_progress, 1)
+
+    user, _ = with_pool(size=1, on_connect=interrupt_the_next_statement)
+
+    def insert_then_fail(connection: sqlite3.Connection) -> None:
+        connection.execute("INSERT INTO items (name) VALUES ('undone')").close()
+        armed.set()  # the next statement is the ROLLBACK
+        raise ZeroDivisionError
+
+    async with lifecycle.running():
+        pool = opened(user)
+        with pytest.raises(ZeroDivisionError):
+            await pool.run(insert_then_fail)
+        assert not armed.is_set()  # it did interrupt the ROLLBACK
+        assert read_rows(database) == []
+        # Not in a transaction: another connection can write, and so can the pool.
+        with closing(sqlite3.connect(database, timeout=0)) as other:
+            other.execute("INSERT INTO items (name) VALUES ('other')")
+            other.commit()
+        await pool.run(lambda c: c.execute("INSERT INTO items (name) VALUES ('next')").close())
+    assert [name for _, name in read_rows(database)] == ["other", "next"]
+
+
 async def test_a_transaction_ended_by_sqlite_runs_nothing_more(
     lifecycle: LifecycleHarness, with_pool: WithPool, database: Path
 ) -> None:

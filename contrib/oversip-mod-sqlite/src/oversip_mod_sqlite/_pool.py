@@ -77,6 +77,7 @@ _PROGRESS_EVERY = 200  # SQLite VM instructions between two looks at the clock
 CHECKPOINT_EVERY = 1000  # inline writes between checkpoints (SQLite's default, in pages)
 STRIKES = 3  # inline runs over budget, in a row, that send a statement to threads for good
 _MEMO_LIMIT = 4096  # statements remembered as read-only or as needing a thread
+_ROLLBACK_ATTEMPTS = 10  # an interrupt lands on a ROLLBACK rarely; twice in a row, never seen
 _FSYNC_ON_COMMIT = ("FULL", "EXTRA")
 _READ, _WRITE, _THREAD = "read", "write", "thread"
 _LAST_CHANGE = "SELECT changes(), last_insert_rowid()"
@@ -514,7 +515,7 @@ class _Statement:
             cursor.close()  # ends the statement, and with it the snapshot it read
             left_open = on_its_own and connection.in_transaction
             if left_open:
-                _run_sql("ROLLBACK", connection)
+                _roll_back(connection)
         if left_open:
             raise sqlite3.ProgrammingError(
                 "the statement left a transaction open, so it was rolled back; "
@@ -756,7 +757,7 @@ class _SQLiteDriver(dbpool.Driver[_Connection]):
         connection.in_thread()
         if not connection.in_transaction:
             return False
-        _run_sql("ROLLBACK", connection)
+        _roll_back(connection)
         return True
 
     def interrupt(self, connection: _Connection) -> None:
@@ -805,6 +806,22 @@ def _executemany_atomically(cursor: sqlite3.Cursor, sql: str, rows: list[Paramet
 
 def _run_sql(sql: str, connection: sqlite3.Connection) -> None:
     connection.execute(sql).close()
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    """ROLLBACK, again if an interrupt lands on it: SQLite interrupts whatever statement
+    runs, a ROLLBACK too, which then leaves the transaction open, holding the write lock
+    and taking the connection's next calls into it. The engine repeats the interrupt of a
+    cancelled job until the job returns, so one meant for the job's statement may come
+    as the job rolls back; it does not stick (SQLite forgets it once nothing runs)."""
+    for _ in range(_ROLLBACK_ATTEMPTS - 1):
+        try:
+            _run_sql("ROLLBACK", connection)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_INTERRUPT or not connection.in_transaction:
+                raise
+    _run_sql("ROLLBACK", connection)
 
 
 def _fetch_row(sql: str, connection: sqlite3.Connection) -> Any:
