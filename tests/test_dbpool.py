@@ -394,6 +394,43 @@ async def test_transactions_wait_for_a_connection_when_each_is_held(
             release.set()
 
 
+async def test_a_transaction_that_ends_lets_every_call_waiting_for_a_connection_go_on(
+    pool: dbpool.Pool[sqlite3.Connection],
+) -> None:
+    # Calls wait only while every connection is held; once one is free, all of them can
+    # queue onto it, even while the other transactions stay open (they may be waiting for
+    # those very calls).
+    held = [trio.Event() for _ in range(3)]
+    ends = [trio.Event() for _ in range(3)]
+    results: list[int] = []
+    all_done = trio.Event()
+
+    async def hold(n: int) -> None:
+        async with pool.transaction("DEFERRED"):
+            held[n].set()
+            await ends[n].wait()
+
+    async def call(k: int) -> None:
+        results.append(await pool.call(lambda connection: k))
+        if len(results) == 3:
+            all_done.set()
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for n in range(3):
+                nursery.start_soon(hold, n)
+                await held[n].wait()
+            for k in range(3):
+                nursery.start_soon(call, k)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats().waiting == 3
+            ends[0].set()  # one transaction ends; the two others wait for the calls
+            await all_done.wait()
+            for end in ends:
+                end.set()
+    assert sorted(results) == [0, 1, 2]
+
+
 async def test_run_is_one_round_trip_in_one_transaction(
     pool: dbpool.Pool[sqlite3.Connection], driver: Driver
 ) -> None:

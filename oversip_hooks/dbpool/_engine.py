@@ -830,10 +830,7 @@ class Pool(Generic[C]):
             worker.replying = False
             self._replying -= 1
             self._in_flight.count -= 1
-            if not worker.pending and self.state is PoolState.OPEN:
-                self._idle[worker] = None
-            self._unheld.unpark_all()  # any call can queue on it now
-            self._note_progress()
+            self._freed(worker)
 
     def _cancel(self, job: _Job) -> None:
         """``job``'s task is cancelled: remove the job if it is queued, else interrupt
@@ -946,9 +943,14 @@ class Pool(Generic[C]):
         if worker is None or worker.transaction is not transaction:
             return  # taken back by aclose()
         worker.transaction = None
+        self._freed(worker)
+
+    def _freed(self, worker: _Worker[C]) -> None:
+        """``worker`` is held no more (by a transaction or a reply): idle if nothing is
+        queued on it, and every call waiting for a connection may queue on it."""
         if not worker.pending and self.state is PoolState.OPEN:
             self._idle[worker] = None
-        self._unheld.unpark()
+        self._unheld.unpark_all()
         self._note_progress()
 
     def _not_open(self) -> PoolClosedError:
