@@ -1,6 +1,7 @@
 # Dispatch of one extension hook call to N implementations, through the public API only:
-# `await runtime.hooks.NAME()` and `await runtime.hooks.NAME.call_each(...)`, called from a
-# task beside a running Runtime, as a plugin's service would call them. Lifecycle hooks go
+# `await runtime.hooks.NAME()` and `await runtime.hooks.NAME.call_each(...)` (the callable
+# got once per sample, as pluggy's `pm.hook.NAME` on its side), called from a task beside a
+# running Runtime, as a plugin's service would call them. Lifecycle hooks go
 # through the same calling path (`_callers.Calling`), so this is the figure for both; the
 # lifecycle's own events were measured through a private method before extension hooks
 # existed, and no longer are.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 
 import pluggy
 import trio
@@ -63,11 +65,13 @@ FIGURES: list[tuple[str, tuple[str, str], tuple[str, str], float | None]] = [
 NOTES = f"""\
 One extension hook call to N implementations, declared by a plugin of its own that
 implements none; the figure is the time per call (all N implementations). **dispatch** is
-`await runtime.hooks.NAME()` from a task beside a running `Runtime` (no observer, no
+`await hook()`, `hook = runtime.hooks.NAME` got once, from a task beside a running
+`Runtime` (no observer, no
 `--trace-hooks`, loguru with no sink), its results collected in plugin order, after one
 untimed call that makes the hook's call plan (kept until a plugin comes or goes).
 **sync**: N plugins whose `def bench_sync(self): pass` does nothing; **pluggy** is
-`pm.hook.bench_sync()` on a plain `pluggy.PluginManager` with the same plugin instances,
+`hook()`, `hook = pm.hook.bench_sync` got once, on a plain `pluggy.PluginManager` with the
+same plugin instances,
 **loop** `for f in fns: f()` over the same bound methods. **async**: `async def
 bench_async(self): pass`; **loop** is `for f in fns: await f()` inside `trio.run`;
 **call_each** is `await runtime.hooks.bench_async.call_each()` (every outcome collected,
@@ -79,7 +83,9 @@ Targets: sync within {SYNC_LIMIT}x of raw pluggy, async within {ASYNC_LIMIT}x of
 hand-written loop, concurrent within {CONCURRENT_LIMIT}x of the hand-written nursery.
 """
 
-Call = Callable[[Runtime], Awaitable[object]]
+# What a sample calls: resolved once from the running runtime, then called in the timed
+# loop with no argument, as pluggy's side calls `pm.hook.NAME` resolved once.
+Call = Callable[[Runtime], Callable[[], Awaitable[object]]]
 
 
 def _runtime(plugins: Sequence[object], call: Call) -> Variant:
@@ -103,10 +109,11 @@ def _runtime(plugins: Sequence[object], call: Call) -> Variant:
                 stop_listening()
                 # Untimed: the first call makes the hook's call plan, which the runtime
                 # keeps until a plugin comes or goes; pluggy's side has its caller built.
-                await call(runtime)
+                hook = call(runtime)
+                await hook()
                 with timed() as timer:
                     for _ in range(count):
-                        await call(runtime)
+                        await hook()
                 runtime.stop()
             seconds = timer.seconds
 
@@ -116,24 +123,24 @@ def _runtime(plugins: Sequence[object], call: Call) -> Variant:
     return measure
 
 
-async def _sync_call(runtime: Runtime) -> object:
-    return await runtime.hooks.bench_sync()
+def _sync_call(runtime: Runtime) -> Callable[[], Awaitable[object]]:
+    return runtime.hooks.bench_sync
 
 
-async def _async_call(runtime: Runtime) -> object:
-    return await runtime.hooks.bench_async()
+def _async_call(runtime: Runtime) -> Callable[[], Awaitable[object]]:
+    return runtime.hooks.bench_async
 
 
-async def _async_call_each(runtime: Runtime) -> object:
-    return await runtime.hooks.bench_async.call_each()
+def _async_call_each(runtime: Runtime) -> Callable[[], Awaitable[object]]:
+    return runtime.hooks.bench_async.call_each
 
 
-async def _concurrent_call_each(runtime: Runtime) -> object:
-    return await runtime.hooks.bench_async.call_each(concurrently=True)
+def _concurrent_call_each(runtime: Runtime) -> Callable[[], Awaitable[object]]:
+    return partial(runtime.hooks.bench_async.call_each, concurrently=True)
 
 
-async def _checkpoint_call(runtime: Runtime) -> object:
-    return await runtime.hooks.bench_checkpoint()
+def _checkpoint_call(runtime: Runtime) -> Callable[[], Awaitable[object]]:
+    return runtime.hooks.bench_checkpoint
 
 
 def _pluggy(plugins: Sequence[SyncHook]) -> Variant:
@@ -141,12 +148,12 @@ def _pluggy(plugins: Sequence[SyncHook]) -> Variant:
     pm.add_hookspecs(BenchHooks)
     for index, plugin in enumerate(plugins):
         pm.register(plugin, name=f"p{index}")
-    hook = pm.hook
+    hook = pm.hook.bench_sync
 
     def measure(count: int) -> Mapping[str, float]:
         with timed() as timer:
             for _ in range(count):
-                hook.bench_sync()
+                hook()
         return {"time": timer.seconds / count}
 
     return measure

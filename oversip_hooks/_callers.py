@@ -22,11 +22,11 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from contextlib import nullcontext
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from functools import partial
+from time import perf_counter
 from types import FrameType
 from typing import Any, NamedTuple
 
@@ -106,13 +106,22 @@ class _Step(NamedTuple):
     argnames: tuple[str, ...]
     is_async: bool
     where: tuple[str, str]  # (plugin, hook), what the watchdog reports
+    task_name: str  # for trio, when it runs in a task of its own: given, not worked out
 
     @classmethod
     def of(cls, hook: str, impl: pluggy.HookImpl) -> _Step:
         function = impl.function
         is_async = inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
         plugin = impl.plugin_name
-        return cls(plugin, function, tuple(impl.argnames), is_async, (plugin, hook))
+        # One tuple object for equal argument lists: the calling loop compares them by
+        # identity, to build the arguments again only when they change.
+        argnames = tuple(impl.argnames)
+        argnames = _interned_argnames.setdefault(argnames, argnames)
+        where = (plugin, hook)
+        return cls(plugin, function, argnames, is_async, where, f"{hook} of {plugin!r}")
+
+
+_interned_argnames: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 class _Plan(NamedTuple):
@@ -123,6 +132,7 @@ class _Plan(NamedTuple):
     steps: list[_Step]
     wrappers: list[_Step]
     argnames: frozenset[str]
+    takes_runtime: bool
     firstresult: bool
 
 
@@ -162,15 +172,19 @@ class Calling:
     async def call_one(
         self, hook: str, impl: pluggy.HookImpl, kwargs: dict[str, object]
     ) -> BaseException | None:
-        """Call one lifecycle hook implementation; return what it raised, but for the
-        runtime's own cancellation, which goes on up. A KeyboardInterrupt is the
-        implementation's failure when the runtime handles SIGINT (a real Ctrl-C never
-        raises one then), and goes on up otherwise."""
+        """Call one lifecycle hook implementation, as lifecycle code; return what it
+        raised, but for the runtime's own cancellation, which goes on up. A
+        KeyboardInterrupt is the implementation's failure when the runtime handles SIGINT
+        (a real Ctrl-C never raises one then), and goes on up otherwise."""
         kwargs["runtime"] = self.runtime
         outcomes: list[Any] = []
-        await self.sequence(
-            hook, [_Step.of(hook, impl)], kwargs, outcomes, lifecycle=True, collect=True
-        )
+        in_hook = begin_lifecycle_code()
+        try:
+            await self.sequence(
+                hook, [_Step.of(hook, impl)], kwargs, outcomes, lifecycle=True, collect=True
+            )
+        finally:
+            end_lifecycle_code(in_hook)
         error: BaseException | None = outcomes[0].error
         return error
 
@@ -190,49 +204,69 @@ class Calling:
         with ``firstresult``, the first value that is not ``None`` (the rest are not
         called) or ``None``. Without ``collect``, the first error is raised and the rest
         are not called. Cancellations always go on up."""
-        # Locals and unpacked tuples: this loop is the cost of every hook call.
-        watched = lifecycle or collect or self.trace or self.observers.watching_calls
+        # Locals and unpacked tuples: this loop is the cost of every hook call. The plugin's
+        # context variable is set for each implementation but put back once, at the end
+        # (a reset per implementation cost as much as the set); the arguments are built
+        # again only when an implementation takes other ones than the one before it; the
+        # frame is let go before the coroutine ends, or ending it would copy the frame.
+        observed = self.observers.watching_calls
+        reported = lifecycle or self.trace or observed  # what `_report` logs or sends
+        timed = collect or reported
         frame = sys._getframe()
         running = self.running
         generation = self.generation
+        put_back: Token[str | None] | None = None
+        names: tuple[str, ...] = ()  # the empty tuple is one object: no list to build
+        args: list[object] = []
         try:
-            for plugin, function, argnames, is_async, where in steps:
+            for plugin, function, argnames, is_async, where, _ in steps:
                 running[frame] = where
                 token = current_plugin.set(plugin)
-                in_hook = begin_lifecycle_code() if lifecycle else None
-                begun = self._begin(hook, plugin, kwargs, lifecycle) if watched else 0.0
+                if put_back is None:
+                    put_back = token
+                if argnames is not names:
+                    names, args = argnames, [kwargs[name] for name in argnames]
+                if observed:
+                    self.observers.send(HookCallStarted(hook, plugin, kwargs, lifecycle))
+                begun = perf_counter() if timed else 0.0
                 error: BaseException | None = None
-                value: Any = None
                 try:
-                    value = function(*[kwargs[name] for name in argnames])
+                    value = function(*args)
                     if is_async or (value is not None and inspect.isawaitable(value)):
                         value = await value
                 except BaseException as exc:
-                    error = exc
                     if not collect or self._goes_on_up(exc):
-                        if watched:
-                            self._end(hook, plugin, kwargs, lifecycle, begun, exc)
+                        if reported:
+                            seconds = perf_counter() - begun
+                            self._report(hook, plugin, kwargs, lifecycle, seconds, exc)
                         self._own(exc, hook, plugin, lifecycle)
                         raise
                     if not lifecycle and is_fatal(exc):
                         self.on_fatal(exc, plugin)
+                    value, error = None, exc
                 finally:
-                    if in_hook is not None:
-                        end_lifecycle_code(in_hook)
-                    current_plugin.reset(token)
                     if _fork_generation != generation:
                         leave_if_forked_child(generation)
-                seconds = (
-                    self._end(hook, plugin, kwargs, lifecycle, begun, error) if watched else 0.0
-                )
-                if collect:
-                    results.append(HookOutcome(plugin, value, error, seconds))
-                elif not firstresult:
+                if timed:
+                    seconds = perf_counter() - begun
+                    if reported:
+                        self._report(hook, plugin, kwargs, lifecycle, seconds, error)
+                    if collect:
+                        # tuple's own constructor: a NamedTuple's is a Python function,
+                        # which made collecting an outcome cost more than calling an
+                        # empty implementation
+                        outcome = tuple.__new__(HookOutcome, (plugin, value, error, seconds))
+                        results.append(outcome)
+                        continue
+                if not firstresult:
                     results.append(value)
                 elif value is not None:
                     return value
         finally:
+            if put_back is not None:
+                current_plugin.reset(put_back)
             running.pop(frame, None)
+            del frame
         return None if firstresult else results
 
     async def concurrently(
@@ -242,12 +276,13 @@ class Calling:
         order of ``steps``. Those still running after ``limit`` seconds are cancelled
         and get a ``TimeoutError``."""
         outcomes: list[list[Any]] = [[] for _ in steps]
+        collect_one = partial(self.sequence, collect=True)
         begun = trio.current_time()
         with nullcontext() if limit is None else trio.move_on_after(limit):
             async with trio.open_nursery() as nursery:
                 for step, outcome in zip(steps, outcomes, strict=True):
                     nursery.start_soon(
-                        partial(self.sequence, hook, [step], kwargs, outcome, collect=True)
+                        collect_one, hook, [step], kwargs, outcome, name=step.task_name
                     )
         elapsed = trio.current_time() - begun
         return [
@@ -341,23 +376,17 @@ class Calling:
         finally:
             current_plugin.reset(token)
 
-    def _begin(
-        self, hook: str, plugin: str, kwargs: Mapping[str, object], lifecycle: bool
-    ) -> float:
-        if self.observers.watching_calls:
-            self.observers.send(HookCallStarted(hook, plugin, kwargs, lifecycle))
-        return time.perf_counter()
-
-    def _end(
+    def _report(
         self,
         hook: str,
         plugin: str,
         kwargs: Mapping[str, object],
         lifecycle: bool,
-        begun: float,
+        seconds: float,
         error: BaseException | None,
-    ) -> float:
-        seconds = time.perf_counter() - begun
+    ) -> None:
+        """Log a call that ended (lifecycle hooks and ``--trace-hooks``), and send its
+        ``HookCallEnded`` to the observers that want it."""
         if lifecycle or self.trace:
             slow = lifecycle and self.slow_threshold is not None and seconds > self.slow_threshold
             raised = "" if error is None else f", raised {printable(error)}"
@@ -368,7 +397,6 @@ class Calling:
             )
         if self.observers.watching_calls:
             self.observers.send(HookCallEnded(hook, plugin, kwargs, lifecycle, seconds, error))
-        return seconds
 
 
 class ExtensionHook:
@@ -528,9 +556,9 @@ class ExtensionHook:
         generation = getattr(self._pm, "generation", None)
         if plan is None or generation is None or plan.generation != generation:
             plan = self._plan = self._make_plan(generation)
-        if "runtime" in plan.argnames and "runtime" not in kwargs:
+        if plan.takes_runtime and "runtime" not in kwargs:
             kwargs["runtime"] = self._calling.runtime
-        if kwargs.keys() != plan.argnames:
+        if (kwargs or plan.argnames) and kwargs.keys() != plan.argnames:
             missing = ", ".join(sorted(plan.argnames - kwargs.keys()))
             unknown = ", ".join(sorted(kwargs.keys() - plan.argnames))
             raise TypeError(
@@ -549,11 +577,13 @@ class ExtensionHook:
             for impl in impls:
                 (wrappers if impl.wrapper else steps).append(_Step.of(self.name, impl))
         spec = caller.spec
+        argnames = frozenset(spec.argnames) | frozenset(spec.kwargnames)
         return _Plan(
             generation,
             steps,
             wrappers,
-            frozenset(spec.argnames) | frozenset(spec.kwargnames),
+            argnames,
+            "runtime" in argnames,
             bool(spec.opts.get("firstresult")),
         )
 

@@ -312,10 +312,12 @@ def test_concurrent_implementations_share_one_nursery_and_a_timeout_names_the_si
     make_lifecycle,
 ):
     ping, pong = trio.Event(), trio.Event()
+    tasks: list[str] = []
 
     class Ping:
         @hookimpl
         async def status_report(self) -> str:
+            tasks.append(trio.lowlevel.current_task().name)
             ping.set()
             await pong.wait()  # answered only if Pong runs at the same time
             return "ping"
@@ -356,6 +358,7 @@ def test_concurrent_implementations_share_one_nursery_and_a_timeout_names_the_si
         outcomes[1].error
     )
     assert "hung.status_report cancelled" in lifecycle.trace
+    assert tasks == ["status_report of 'ping'"]  # what trio's debugging tools show
 
 
 def test_a_sequential_timeout_names_the_one_that_hung_and_those_never_called(
@@ -708,27 +711,45 @@ implementation = st.fixed_dictionaries(
         "mark": st.sampled_from(["tryfirst", "trylast", None]),
         "fails": st.booleans(),
         "answer": st.sampled_from([None, "x"]),
+        "takes_runtime": st.booleans(),
     }
 )
 
 
 @given(st.lists(implementation, max_size=8))
 def test_order_results_and_errors_follow_the_rules_for_any_implementations(specs):
+    """Any mix of sync and async implementations, marks, failures and arguments: called in
+    the runtime's order, one after the other or concurrently, each given what it takes and
+    running as its own plugin (a service it starts is its plugin's), and the caller is its
+    own plugin again after the call, whatever the implementations did."""
     called: list[str] = []
+    running: list[Runtime] = []
     plugins: list[tuple[str, object]] = [("health", declaring_module())]
     for index, spec in enumerate(specs):
         name = f"p{index}"
 
         def behave(name: str = name, spec: dict[str, object] = spec) -> object:
             called.append(name)
+            running[0].start_soon(trio.sleep_forever)
             if spec["fails"]:
                 raise ValueError(name)
             return spec["answer"]
 
-        if spec["is_async"]:
+        if spec["is_async"] and spec["takes_runtime"]:
+
+            async def status_report(runtime, behave=behave) -> object:  # type: ignore[no-untyped-def]
+                assert runtime is running[0]
+                await trio.lowlevel.checkpoint()
+                return behave()
+        elif spec["is_async"]:
 
             async def status_report(behave=behave) -> object:  # type: ignore[no-untyped-def]
                 await trio.lowlevel.checkpoint()
+                return behave()
+        elif spec["takes_runtime"]:
+
+            def status_report(runtime, behave=behave) -> object:  # type: ignore[no-untyped-def]
+                assert runtime is running[0]
                 return behave()
         else:
 
@@ -745,10 +766,19 @@ def test_order_results_and_errors_follow_the_rules_for_any_implementations(specs
 
     harness = LifecycleHarness(dict(plugins))
 
+    def the_caller_starts_a_service_of_its_own(runtime: Runtime, services: dict[str, int]) -> None:
+        runtime.start_soon(trio.sleep_forever)
+        services["runtime"] = services.get("runtime", 0) + 1
+        assert runtime.services_running() == services
+
     async def scenario() -> None:
         async with harness.running() as runtime:
+            running.append(runtime)
+            services = {name: 1 for name in expected}
             outcomes = await runtime.hooks.status_report.call_each()
             assert [o.plugin for o in outcomes] == expected == called
+            assert runtime.services_running() == services
+            the_caller_starts_a_service_of_its_own(runtime, services)
             for outcome in outcomes:
                 spec = spec_of[outcome.plugin]
                 if spec["fails"]:
@@ -757,6 +787,14 @@ def test_order_results_and_errors_follow_the_rules_for_any_implementations(specs
                 else:
                     assert outcome.error is None
                     assert outcome.value == spec["answer"]
+            called.clear()
+            together = await runtime.hooks.status_report.call_each(concurrently=True)
+            assert sorted(called) == sorted(expected)
+            assert [(o.plugin, o.value, str(o.error)) for o in together] == [
+                (o.plugin, o.value, str(o.error)) for o in outcomes
+            ]
+            services = {name: count + (name != "runtime") for name, count in services.items()}
+            the_caller_starts_a_service_of_its_own(runtime, services)
             called.clear()
             failing = [name for name in expected if spec_of[name]["fails"]]
             if failing:
@@ -769,6 +807,9 @@ def test_order_results_and_errors_follow_the_rules_for_any_implementations(specs
                     spec_of[name]["answer"] for name in expected
                 ]
                 assert called == expected
+            for name in called:
+                services[name] += 1
+            the_caller_starts_a_service_of_its_own(runtime, services)
 
     with harness.isolated():
         trio.run(scenario)
