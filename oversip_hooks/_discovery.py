@@ -479,32 +479,38 @@ def _check_hooks(plugin: object, name: str, declared: Sequence[object]) -> list[
     fails validation, knowing the extension hooks ``declared`` by the loaded plugins, in
     the order of their definitions; then, if each is valid alone, a problem if the plugin
     as a whole is not (one hook implemented twice, an extension hook it cannot declare)."""
+    # The plugin as a whole first: valid, each of its implementations is valid alone too,
+    # and a start makes one manager per plugin rather than one per hook.
+    whole = _registration_error(plugin, name, declared)
+    if whole is None:
+        return []
     finder = _PluginManager()
     hooks = [attr for attr in dir(plugin) if finder.parse_hookimpl_opts(plugin, attr) is not None]
     problems = []
     for attribute in sorted(hooks, key=lambda attr: _definition(getattr(plugin, attr))):
-        alone = _PluginManager(only=attribute)
-        add_declared_hooks(alone, declared)
-        try:
-            alone.register(plugin, name=name)
-            validate(alone)
-        except DeclarationError:
-            pass  # requires/after: checked once every plugin is loaded, by load()
-        except pluggy.PluginValidationError as exc:
+        error = _registration_error(plugin, name, declared, only=attribute)
+        if error is not None:
             file, line = _definition(getattr(plugin, attribute))
             where = f"{file}:{line}: " if file else ""
-            problems.append(Problem(f"{where}{_one_line(str(exc))}", exc))
-    if not problems:
-        whole = _PluginManager()
-        add_declared_hooks(whole, declared)
-        try:
-            whole.register(plugin, name=name)
-            validate(whole)
-        except DeclarationError:
-            pass
-        except pluggy.PluginValidationError as exc:
-            problems.append(Problem(_one_line(str(exc)), exc))
-    return problems
+            problems.append(Problem(f"{where}{_one_line(str(error))}", error))
+    return problems or [Problem(_one_line(str(whole)), whole)]
+
+
+def _registration_error(
+    plugin: object, name: str, declared: Sequence[object], only: str | None = None
+) -> pluggy.PluginValidationError | None:
+    """What registering ``plugin``, or only its hook ``only``, and validating it raise, on
+    a manager of its own that knows the extension hooks ``declared``."""
+    pm = _PluginManager(only=only)
+    add_declared_hooks(pm, declared)
+    try:
+        pm.register(plugin, name=name)
+        validate(pm)
+    except DeclarationError:
+        pass  # requires/after: checked once every plugin is loaded, by load()
+    except pluggy.PluginValidationError as exc:
+        return exc
+    return None
 
 
 def _callback_count(registry: CallbackRegistry) -> int:

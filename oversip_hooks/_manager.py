@@ -227,14 +227,19 @@ def looks_like(name: str, candidates: Sequence[str]) -> str | None:
 def _is_typo(name: str, candidate: str) -> bool:
     if abs(len(name) - len(candidate)) > 2:
         return False
+    distance = _distance(name, candidate)
+    if distance <= 1 or (distance == 2 and min(len(name), len(candidate)) >= 9):
+        return True
+    # difflib's ratio is 2M / T, T both lengths, M the characters of its matching blocks,
+    # which are a common subsequence: an edit distance d leaves room for (T - d) / 2 of
+    # them at most, so a ratio of 0.85 needs d <= 0.15 T. Past that, difflib is not even
+    # imported: a start compares every name of the server file with the hooks' names.
+    total = len(name) + len(candidate)
+    if distance > 0.15 * total:
+        return False
     import difflib
 
-    distance = _distance(name, candidate)
-    return (
-        distance <= 1
-        or (distance == 2 and min(len(name), len(candidate)) >= 9)
-        or difflib.SequenceMatcher(None, name, candidate).ratio() >= 0.85
-    )
+    return difflib.SequenceMatcher(None, name, candidate).ratio() >= 0.85
 
 
 def _distance(a: str, b: str) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -23,13 +22,15 @@ from ._fatal import printable
 from ._logging import begin_service_code
 
 
-@dataclass(eq=False)
-class Service:
+class Service:  # not a dataclass: it and `dataclasses` cost every start 1-2 ms to import
     """One service: its name in log lines, its cancel scope, and when it has ended."""
 
-    name: str
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
+    __slots__ = ("done", "name", "scope")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
 
 
 class _TaskStatus:

@@ -816,3 +816,32 @@ async def test_a_pip_installed_module_is_found_listed_and_run(tmp_path: Path, sp
     os.kill(child.pid, signal.SIGTERM)
     assert await child.finish() == 0
     assert child.lines[-1].endswith("NOTICE: <greeter> goodbye error=False")
+
+
+@pytest.mark.parametrize("name", ["check", "run"])
+async def test_a_start_imports_nothing_that_only_an_error_needs(tmp_path: Path, name: str) -> None:
+    """difflib (a "did you mean"), dataclasses, the skeleton writer and the JSON and syslog
+    sinks: each costs every start milliseconds (benchmarks/PROFILES.md, "Time to ready")."""
+    write(
+        tmp_path,
+        {
+            "server.py": """
+                def restart():  # a helper whose name is compared with the hooks' names
+                    pass
+
+                def started(runtime):
+                    runtime.stop()
+            """
+        },
+    )
+    code = (
+        "import sys\n"
+        "from oversip_hooks._cli import main\n"
+        "status = main(sys.argv[1:])\n"
+        "unneeded = ('difflib', 'dataclasses', 'oversip_hooks._scaffold', 'oversip_hooks._sinks')\n"
+        "print(status, [name for name in unneeded if name in sys.modules])\n"
+    )
+    finished = await command(
+        tmp_path, name, "server.py", "--no-entrypoints", argv=[sys.executable, "-c", code]
+    )
+    assert finished.out.splitlines()[-1] == "0 []", finished.err

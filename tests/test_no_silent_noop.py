@@ -6,6 +6,7 @@ a KeyboardInterrupt, a run to its end) runs the real command."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -18,11 +19,14 @@ from pathlib import Path
 import pluggy
 import pytest
 import trio
+from hypothesis import example, given
+from hypothesis import strategies as st
 from loguru import logger
 
 from oversip_hooks import Runtime, get_plugin_manager, hookimpl
 from oversip_hooks._callbacks import CallbackRegistry, using
 from oversip_hooks._cli import main
+from oversip_hooks._manager import LIFECYCLE_HOOKS, PROBE_HOOKS, _distance, looks_like
 from tests.processes import FAKE_DISTRIBUTION, Datagrams, child_env, command, isolated, write
 
 ERROR = "oversip-hooks: error: "
@@ -144,6 +148,41 @@ def test_swapped_letters_in_a_hook_name_are_refused_with_did_you_mean(
         cli("check", "server.py"),
         rf"server\.py:1: plugin 'server': unknown hook '{name}'; did you mean '{hook}'\? .*",
     )
+
+
+@st.composite
+def misspelt(draw: st.DrawFn) -> tuple[str, str]:
+    """A hook's name and that name after a few random edits: letters dropped, added,
+    replaced or swapped with their neighbour."""
+    hook = draw(st.sampled_from([*LIFECYCLE_HOOKS, *PROBE_HOOKS]))
+    letters = list(hook)
+    for _ in range(draw(st.integers(0, 5))):
+        edit = draw(st.sampled_from(["drop", "add", "replace", "swap"]))
+        where = draw(st.integers(0, len(letters)))
+        letter = draw(st.sampled_from("abdeilnorst_"))
+        if edit == "add":
+            letters.insert(where, letter)
+        elif edit == "swap" and where + 1 < len(letters):
+            letters[where], letters[where + 1] = letters[where + 1], letters[where]
+        elif edit in ("drop", "replace") and where < len(letters):
+            letters[where : where + 1] = [] if edit == "drop" else [letter]
+    return "".join(letters), hook
+
+
+@given(misspelt())
+@example(("staartd", "started"))  # the edges: distances of 0.14 T that difflib calls typos
+@example(("initiloizel", "initialize"))
+def test_a_typo_is_what_the_edit_distance_or_difflibs_ratio_says(pair: tuple[str, str]) -> None:
+    """The rule in looks_like's docstring, computed the long way: skipping difflib when
+    the distance alone rules its ratio out changes no answer."""
+    name, hook = pair
+    distance = _distance(name, hook)
+    typo = abs(len(name) - len(hook)) <= 2 and (
+        distance <= 1
+        or (distance == 2 and min(len(name), len(hook)) >= 9)
+        or difflib.SequenceMatcher(None, name, hook).ratio() >= 0.85
+    )
+    assert looks_like(name, [hook]) == (hook if typo else None)
 
 
 def test_helpers_named_like_a_hook_with_a_leading_underscore_or_far_enough_still_pass(
