@@ -22,7 +22,15 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from contextlib import nullcontext
 from contextvars import ContextVar, Token
 from functools import partial
@@ -33,9 +41,9 @@ from typing import Any, NamedTuple
 import pluggy
 import trio
 
-from ._events import LOG_ID, HookCallEnded, HookCallStarted, Observers
+from ._events import LOG_ID, HookCallEnded, HookCallStarted, Observers, Registration
 from ._fatal import FatalError, printable
-from ._logging import begin_lifecycle_code, emit, end_lifecycle_code
+from ._logging import begin_lifecycle_code, emit, end_lifecycle_code, outside_lifecycle_code
 from ._manager import LIFECYCLE_HOOKS, close_match, declared_hooks
 
 # The plugin whose hook, service or worker thread is running; services belong to it.
@@ -226,8 +234,9 @@ class Calling:
                     put_back = token
                 if argnames is not names:
                     names, args = argnames, [kwargs[name] for name in argnames]
-                if observed:
-                    self.observers.send(HookCallStarted(hook, plugin, kwargs, lifecycle))
+                told = (
+                    self._send(HookCallStarted(hook, plugin, kwargs, lifecycle)) if observed else ()
+                )
                 begun = perf_counter() if timed else 0.0
                 error: BaseException | None = None
                 try:
@@ -238,7 +247,7 @@ class Calling:
                     if not collect or self._goes_on_up(exc):
                         if reported:
                             seconds = perf_counter() - begun
-                            self._report(hook, plugin, kwargs, lifecycle, seconds, exc)
+                            self._report(hook, plugin, kwargs, lifecycle, seconds, exc, told)
                         self._own(exc, hook, plugin, lifecycle)
                         raise
                     if not lifecycle and is_fatal(exc):
@@ -250,7 +259,7 @@ class Calling:
                 if timed:
                     seconds = perf_counter() - begun
                     if reported:
-                        self._report(hook, plugin, kwargs, lifecycle, seconds, error)
+                        self._report(hook, plugin, kwargs, lifecycle, seconds, error, told)
                     if collect:
                         # tuple's own constructor: a NamedTuple's is a Python function,
                         # which made collecting an outcome cost more than calling an
@@ -384,9 +393,11 @@ class Calling:
         lifecycle: bool,
         seconds: float,
         error: BaseException | None,
+        told: Sequence[Registration],
     ) -> None:
         """Log a call that ended (lifecycle hooks and ``--trace-hooks``), and send its
-        ``HookCallEnded`` to the observers that want it."""
+        ``HookCallEnded`` to the observers ``told`` of its ``HookCallStarted``: one added
+        during a call hears of the next one."""
         if lifecycle or self.trace:
             slow = lifecycle and self.slow_threshold is not None and seconds > self.slow_threshold
             raised = "" if error is None else f", raised {printable(error)}"
@@ -395,8 +406,22 @@ class Calling:
                 "notice" if slow else "debug",
                 f"{hook} of {plugin!r} took {_seconds(seconds)}{raised}",
             )
-        if self.observers.watching_calls:
-            self.observers.send(HookCallEnded(hook, plugin, kwargs, lifecycle, seconds, error))
+        if told:
+            self._send(HookCallEnded(hook, plugin, kwargs, lifecycle, seconds, error), told)
+
+    def _send(
+        self, event: HookCallStarted | HookCallEnded, to: Sequence[Registration] | None = None
+    ) -> Sequence[Registration]:
+        """Hand ``event`` to the observers (or those of ``to``) as the runtime's own code:
+        not as the plugin whose hook it tells of, nor as lifecycle code, whatever the
+        call's context (so an observer may log, and a service it starts is the
+        runtime's). Return the observers that took it."""
+        token = current_plugin.set(None)
+        try:
+            with outside_lifecycle_code():
+                return self.observers.send(event, to)
+        finally:
+            current_plugin.reset(token)
 
 
 class ExtensionHook:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from ._fatal import printable
@@ -79,6 +79,7 @@ class ShutdownOverran(NamedTuple):
 
 Event = StateChanged | HookCallStarted | HookCallEnded | LoopBlocked | ShutdownOverran
 Observer = Callable[[Event], object]
+Registration = tuple[Observer, bool]
 
 
 class Observers:
@@ -89,7 +90,7 @@ class Observers:
     def __init__(self) -> None:
         # One tuple per registration, (observer, wants hook calls): its identity tells two
         # registrations of one function apart, so that each remover removes its own.
-        self._entries: list[tuple[Observer, bool]] = []
+        self._entries: list[Registration] = []
         self.watching_calls = False
 
     def __bool__(self) -> bool:
@@ -109,12 +110,15 @@ class Observers:
         self._update()
         return lambda: self._discard(entry)
 
-    def send(self, event: Event) -> None:
-        """Hand ``event`` to each observer that wants it; log and remove one that raises."""
+    def send(self, event: Event, to: Sequence[Registration] | None = None) -> list[Registration]:
+        """Hand ``event`` to each observer that wants it, or only to those of ``to`` that
+        are still registered; log and remove one that raises. Return the observers that
+        took it: the end of a hook call goes to those told of its start, and only them."""
         call = isinstance(event, HookCallStarted | HookCallEnded)
-        for entry in tuple(self._entries):
+        took = []
+        for entry in tuple(self._entries) if to is None else to:
             observer, calls = entry
-            if call and not calls:
+            if (call and not calls) or not any(each is entry for each in self._entries):
                 continue
             try:
                 observer(event)
@@ -126,8 +130,11 @@ class Observers:
                     f"observer {printable(observer)} failed and was removed: {printable(exc)}",
                     exception=exc,
                 )
+            else:
+                took.append(entry)
+        return took
 
-    def _discard(self, entry: tuple[Observer, bool]) -> None:
+    def _discard(self, entry: Registration) -> None:
         self._entries[:] = [each for each in self._entries if each is not entry]
         self._update()
 

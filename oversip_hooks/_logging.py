@@ -226,6 +226,17 @@ def lifecycle_code() -> Iterator[None]:
         end_lifecycle_code(token)
 
 
+@contextmanager
+def outside_lifecycle_code() -> Iterator[None]:
+    """Run a ``with`` block as no lifecycle code, inside lifecycle code or not (the
+    runtime's own code that a hook call runs, such as its observers)."""
+    token = _lifecycle_task.set(None)
+    try:
+        yield
+    finally:
+        _lifecycle_task.reset(token)
+
+
 def _runs_lifecycle_code(task: object) -> bool:
     """Whether the code running now is the lifecycle code that ``task`` marked."""
     try:

@@ -18,11 +18,13 @@ import trio.testing
 
 from oversip_hooks import (
     CallbackRegistry,
+    HookCallEnded,
     HookCallStarted,
     Runtime,
     RuntimeState,
     SystemCallbacks,
     fatal,
+    get_logger,
     get_plugin_manager,
     hookimpl,
 )
@@ -1132,6 +1134,44 @@ async def test_an_observer_that_raises_never_breaks_the_run(lifecycle, where):
     assert lifecycle.exit_status == 0
     assert lifecycle.trace[-1] == "a.terminated(error=False)"
     assert sum("observer bug" in line for line in lifecycle.lines) == 1
+
+
+async def test_an_observer_is_the_runtime_s_code_and_hears_of_calls_in_pairs(lifecycle):
+    """Told of a hook call, an observer is no plugin's and runs no lifecycle code: it may
+    log as the user, and a service it starts is the runtime's; added during a call, it
+    hears of the calls after that one, each a HookCallStarted then a HookCallEnded."""
+    heard: list[str] = []
+    exporter = get_logger("exporter")
+    runtimes: list[Runtime] = []
+
+    def observer(event: object) -> None:
+        if isinstance(event, HookCallStarted | HookCallEnded):
+            kind = "Started" if isinstance(event, HookCallStarted) else "Ended"
+            heard.append(f"{kind}:{event.plugin}.{event.hook}")
+            exporter.log_info(heard[-1])  # LoggerMisuse if this ran as lifecycle code
+            if len(heard) == 1:
+                runtimes[0].start_soon(trio.sleep_forever)
+
+    class Watches:
+        @hookimpl
+        def started(self, runtime: Runtime) -> None:
+            runtimes.append(runtime)
+            runtime.add_observer(observer)
+
+    lifecycle.register(Watches(), name="a")
+    lifecycle.register(Sync(), name="b")
+    async with lifecycle.running() as watching:
+        assert watching.services_running() == {"runtime": 1}
+    assert heard == [
+        "Started:b.started",
+        "Ended:b.started",
+        "Started:b.terminated",
+        "Ended:b.terminated",
+    ]
+    assert [line for line in lifecycle.lines if "<exporter>" in line] == [
+        f"INFO: <exporter> [user] {each}" for each in heard
+    ]
+    assert lifecycle.exit_status == 0
 
 
 async def test_every_error_in_a_group_is_logged(lifecycle):
