@@ -784,6 +784,7 @@ def test_order_results_and_errors_follow_the_rules_for_any_implementations(specs
                 if spec["fails"]:
                     assert isinstance(outcome.error, ValueError)
                     assert str(outcome.error) == outcome.plugin
+                    assert outcome.value is None  # not an async one's coroutine
                 else:
                     assert outcome.error is None
                     assert outcome.value == spec["answer"]
