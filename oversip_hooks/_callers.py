@@ -226,6 +226,9 @@ class Calling:
         put_back: Token[str | None] | None = None
         names: tuple[str, ...] = ()  # the empty tuple is one object: no list to build
         args: list[object] = []
+        told: Sequence[Registration] = ()
+        begun = 0.0
+        error: BaseException | None = None
         try:
             for plugin, function, argnames, is_async, where, _ in steps:
                 running[frame] = where
@@ -234,11 +237,10 @@ class Calling:
                     put_back = token
                 if argnames is not names:
                     names, args = argnames, [kwargs[name] for name in argnames]
-                told = (
-                    self._send(HookCallStarted(hook, plugin, kwargs, lifecycle)) if observed else ()
-                )
-                begun = perf_counter() if timed else 0.0
-                error: BaseException | None = None
+                if timed:
+                    if observed:
+                        told = self._send(HookCallStarted(hook, plugin, kwargs, lifecycle))
+                    begun = perf_counter()
                 try:
                     value = function(*args)
                     if is_async or (value is not None and inspect.isawaitable(value)):
@@ -266,6 +268,7 @@ class Calling:
                         # empty implementation
                         outcome = tuple.__new__(HookOutcome, (plugin, value, error, seconds))
                         results.append(outcome)
+                        error = None
                         continue
                 if not firstresult:
                     results.append(value)
