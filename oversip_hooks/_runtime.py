@@ -540,8 +540,9 @@ class Runtime:
                 started = await self._run_startup_hook("started", deadline)
         finally:
             ours = self._settle_startup()  # not when it timed out already, in the watchdog
-        if startup.cancelled_caught and ours:
-            self._startup_timed_out()
+        if startup.cancelled_caught:
+            if ours:  # else the watchdog ended the start first, and said so
+                self._startup_timed_out()
             return False
         return started and ours
 

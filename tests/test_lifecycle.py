@@ -1100,6 +1100,35 @@ async def test_a_synchronous_overrun_of_the_startup_timeout_is_fatal(
     assert "next.started" not in lifecycle.trace
 
 
+async def test_a_start_that_the_watchdog_ended_first_is_ended_once(make_lifecycle, autojump_clock):
+    """The loop blocked past the startup timeout: the watchdog ends the start; trio's
+    deadline, passing after it, must not end it again (Runtime.run() raised an
+    UnboundLocalError when the task saw that deadline before trio ran the watchdog's stop:
+    trio orders the two at random, hence ten starts)."""
+
+    def block_the_loop_until_the_watchdog_acts(harness: LifecycleHarness) -> None:
+        give_up = time.monotonic() + 10
+        while not any("startup timeout" in line for line in harness.lines):
+            assert time.monotonic() < give_up, "the watchdog never ended the start"
+            time.sleep(0.01)  # what is under test: the loop blocked, the watchdog acts
+
+    for _ in range(10):
+        lifecycle = make_lifecycle(startup_timeout=0.1)
+
+        class Slow:
+            @hookimpl
+            async def started(self, harness: LifecycleHarness = lifecycle) -> None:
+                block_the_loop_until_the_watchdog_acts(harness)
+                autojump_clock.jump(1)  # and then trio's deadline passes too
+                await trio.sleep(10)
+
+        lifecycle.register(Slow(), name="slow")
+        assert await lifecycle.play() == 1
+        assert [line for line in lifecycle.lines if "startup timeout" in line] == [
+            "CRIT: <runtime> started of 'slow' did not complete within the startup timeout of 0.1 s"
+        ]
+
+
 async def test_a_failing_state_listener_is_logged_removed_and_the_lifecycle_goes_on(lifecycle):
     seen: list[RuntimeState] = []
 
