@@ -399,8 +399,8 @@ class Calling:
         told: Sequence[Registration],
     ) -> None:
         """Log a call that ended (lifecycle hooks and ``--trace-hooks``), and send its
-        ``HookCallEnded`` to the observers ``told`` of its ``HookCallStarted``: one added
-        during a call hears of the next one."""
+        ``HookCallEnded`` to the observers ``told`` of its ``HookCallStarted`` that are
+        still there: no observer hears the end of a call whose start it did not hear."""
         if lifecycle or self.trace:
             slow = lifecycle and self.slow_threshold is not None and seconds > self.slow_threshold
             raised = "" if error is None else f", raised {printable(error)}"
