@@ -51,6 +51,9 @@ from ._watchdog import GRACE
 PROG = "oversip-hooks"
 LOG_ID = "runtime"
 
+_Command = Callable[[argparse.Namespace], int]  # a subcommand: its options -> exit status
+_AddArguments = Callable[[argparse.ArgumentParser], None]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``oversip-hooks`` command; return its exit status: 0 clean stop, 1 error
@@ -71,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(main(["check", "server.py"]))
     """
     with signals_caught(then_ignore=argv is None) as catcher:
-        options = _parser().parse_args(argv)
-        command: Callable[[argparse.Namespace], int] = options.command
+        words = sys.argv[1:] if argv is None else argv
+        options = _parser(words).parse_args(words)
+        command: _Command = options.command
         try:
             if command is not _run:
                 catcher.attach(_interrupt)  # `check` and `plugins` just stop
@@ -445,45 +449,10 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--version", action=_Version)
-    common.add_argument(
-        "server",
-        nargs="?",
-        type=Path,
-        metavar="SERVER_PY",
-        help="the server file: its hook functions form the plugin 'server', registered "
-        "last (functions named initialize, started, reload and terminated count even "
-        "without @hookimpl)",
-    )
-    common.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        dest="modules",
-        metavar="MODULE",
-        help="load the module MODULE (a dotted path) as a plugin, after the entry points; "
-        "repeatable, loaded in the order given",
-    )
-    common.add_argument(
-        "-p",
-        action="append",
-        default=[],
-        dest="blocked",
-        type=_blocked,
-        metavar="no:NAME",
-        help="do not load the entry point NAME, as 'plugins' lists it; repeatable",
-    )
-    common.add_argument(
-        "--no-entrypoints",
-        action="store_true",
-        help=f"load no entry points of the group {ENTRY_POINT_GROUP!r}",
-    )
-    common.add_argument(
-        "--debug", action="store_true", help="show the Python traceback behind bad input"
-    )
-
+def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The command's parser, with the arguments of the command that ``argv`` names (the
+    first word that is not an option: the parser's own options take no value), and only
+    the names and help of the others, which are all that ``--help`` shows of them."""
     parser = _Parser(
         prog=PROG,
         description="Run plugins through their lifecycle: initialize, started, reload "
@@ -493,40 +462,95 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
-    run = commands.add_parser(
-        "run",
-        parents=[common],
-        help="load the plugins and run them until stopped",
-        description="Load the plugins, validate them and run their lifecycle. "
+    named = next((word for word in argv if not word.startswith("-")), None)
+    for name, (summary, description, adders, function) in _COMMANDS.items():
+        subparser = commands.add_parser(name, help=summary, description=description)
+        if name == named:
+            for add_arguments in adders:
+                add_arguments(subparser)
+            subparser.set_defaults(command=function)
+    return parser
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``run``, ``check`` and ``plugins``: where the plugins come from."""
+    parser.add_argument("--version", action=_Version)
+    parser.add_argument(
+        "server",
+        nargs="?",
+        type=Path,
+        metavar="SERVER_PY",
+        help="the server file: its hook functions form the plugin 'server', registered "
+        "last (functions named initialize, started, reload and terminated count even "
+        "without @hookimpl)",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        dest="modules",
+        metavar="MODULE",
+        help="load the module MODULE (a dotted path) as a plugin, after the entry points; "
+        "repeatable, loaded in the order given",
+    )
+    parser.add_argument(
+        "-p",
+        action="append",
+        default=[],
+        dest="blocked",
+        type=_blocked,
+        metavar="no:NAME",
+        help="do not load the entry point NAME, as 'plugins' lists it; repeatable",
+    )
+    parser.add_argument(
+        "--no-entrypoints",
+        action="store_true",
+        help=f"load no entry points of the group {ENTRY_POINT_GROUP!r}",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback behind bad input"
+    )
+
+
+def _add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON, for machines")
+
+
+def _add_module_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the module's name, a lowercase identifier")
+    parser.set_defaults(debug=False)  # no --debug: nothing to load, no traceback to show
+
+
+# Each command: its help in the list of commands, its description, what adds its
+# arguments, and the function that carries it out.
+_COMMANDS: dict[str, tuple[str, str, tuple[_AddArguments, ...], _Command]] = {
+    "run": (
+        "load the plugins and run them until stopped",
+        "Load the plugins, validate them and run their lifecycle. "
         "A flag wins over its environment variable.",
-    )
-    _settings.add_arguments(run)
-    run.set_defaults(command=_run)
-    check = commands.add_parser(
-        "check",
-        parents=[common],
-        help="load and validate the plugins and the options of run, without starting them",
-        description="Load and validate every plugin, and the options and variables of run, "
+        (_add_common_arguments, _settings.add_arguments),
+        _run,
+    ),
+    "check": (
+        "load and validate the plugins and the options of run, without starting them",
+        "Load and validate every plugin, and the options and variables of run, "
         "as run does, without starting anything; list every problem.",
-    )
-    _settings.add_arguments(check)
-    check.set_defaults(command=_check)
-    plugins = commands.add_parser(
-        "plugins",
-        parents=[common],
-        help="list the plugins and the order in which each hook runs",
-        description="List every plugin, where it came from, and for each hook the order "
+        (_add_common_arguments, _settings.add_arguments),
+        _check,
+    ),
+    "plugins": (
+        "list the plugins and the order in which each hook runs",
+        "List every plugin, where it came from, and for each hook the order "
         "in which its implementations run.",
-    )
-    plugins.add_argument("--json", action="store_true", help="print JSON, for machines")
-    plugins.set_defaults(command=_list_plugins)
-    new = commands.add_parser(
-        "new",
-        help="write the skeleton of a module, oversip-mod-NAME, that passes its own tests",
-        description="Write oversip-mod-NAME/ in the current directory: a pyproject with the "
+        (_add_common_arguments, _add_json_option),
+        _list_plugins,
+    ),
+    "new": (
+        "write the skeleton of a module, oversip-mod-NAME, that passes its own tests",
+        "Write oversip-mod-NAME/ in the current directory: a pyproject with the "
         "entry point NAME, the package oversip_mod_NAME, its tests and a README. Nothing "
         "is overwritten: an existing oversip-mod-NAME is refused.",
-    )
-    new.add_argument("name", metavar="NAME", help="the module's name, a lowercase identifier")
-    new.set_defaults(command=_new, debug=False)
-    return parser
+        (_add_module_name,),
+        _new,
+    ),
+}

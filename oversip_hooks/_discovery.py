@@ -406,13 +406,16 @@ def _exec_server(path: Path, code: bytes) -> types.ModuleType:
 def _check_server_names(module: types.ModuleType, path: Path, code: bytes) -> list[Problem]:
     """A problem for each module-level name of the server file equal to a hook's that is
     bound to something that would not run as that hook."""
-    finder = _PluginManager()
+    finder = None  # made for a name bound to something defined elsewhere, which is rare
     problems = []
     for hook in (*LIFECYCLE_HOOKS, *PROBE_HOOKS):
         if hook not in vars(module):
             continue
         value = vars(module)[hook]
-        if _defined_in_server_file(value) or finder.parse_hookimpl_opts(module, hook):
+        if _defined_in_server_file(value):
+            continue
+        finder = finder or _PluginManager()
+        if finder.parse_hookimpl_opts(module, hook):
             continue
         line = _binding_line(code, hook)
         where = f"{path}:{line}: " if line else f"{path}: "

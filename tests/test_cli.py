@@ -518,6 +518,39 @@ async def test_version_from_the_script_and_the_module(tmp_path: Path) -> None:
         assert (finished.status, finished.out) == (0, f"oversip-hooks {version}\n")
 
 
+@pytest.mark.parametrize(
+    ("args", "shown", "not_shown"),
+    [
+        (["--help"], ["run ", "check ", "plugins ", "new "], ["--pidfile"]),
+        (["run", "--help"], ["--pidfile", "--http", "SERVER_PY"], ["--json"]),
+        (["check", "--help"], ["--pidfile", "--http", "SERVER_PY"], ["--json"]),
+        (["plugins", "--help"], ["--json", "SERVER_PY", "--no-entrypoints"], ["--pidfile"]),
+        (["new", "--help"], ["NAME"], ["--pidfile", "SERVER_PY"]),
+    ],
+    ids=["top", "run", "check", "plugins", "new"],
+)
+async def test_each_command_has_its_own_options_and_only_those(
+    tmp_path: Path, args: list[str], shown: list[str], not_shown: list[str]
+) -> None:
+    """Only the named command's arguments are built (the others' cost every start); its
+    help must still show all of them, and none of another command's."""
+    finished = await command(tmp_path, *args)
+    assert finished.status == 0, finished.err
+    for text in shown:
+        assert text in finished.out, (text, finished.out)
+    for text in not_shown:
+        assert text not in finished.out, (text, finished.out)
+
+
+def test_the_parsers_own_options_take_no_value() -> None:
+    """The command is found as the first word that is not an option, before parsing;
+    an option of the parser's own that took a value would make that word its value."""
+    from oversip_hooks._cli import _parser
+
+    parser = _parser([])
+    assert [action.nargs for action in parser._actions if action.option_strings] == [0, 0]
+
+
 # -- logging -------------------------------------------------------------------------------
 
 
