@@ -137,6 +137,7 @@ class Profile:
     # lifecycle rounds still gave medians from 1.99x to 2.27x around the 2x target.
     lifecycle_rounds: int = 15
     startup_rounds: int = 41
+    count_instructions: bool = True  # where valgrind is installed: 20-30 s more
     signal_rounds: int = 200
     fleet: int = 1000  # plugins, each owning a service, when SIGTERM is sent
     memory_plugins: int = 2000
@@ -147,6 +148,7 @@ QUICK = Profile(
     budget=0.0,
     lifecycle_rounds=1,
     startup_rounds=1,
+    count_instructions=False,
     min_sample=0.001,
     dispatch_sizes=(1, 10),
     lifecycle_sizes=(10, 100),

@@ -48,10 +48,16 @@ def run_command(*arguments: str, subcommand: str = "run") -> list[str]:
 
 class Child:
     """A running child process with its own NOTIFY_SOCKET; a context manager that kills
-    it, if still running, on the way out."""
+    it, if still running, on the way out. ``wrapper`` is a command that runs the
+    interpreter's command line (valgrind, for an instruction count)."""
 
     def __init__(
-        self, argv: Sequence[str], workdir: Path, env: dict[str, str] | None = None
+        self,
+        argv: Sequence[str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        wrapper: Sequence[str] = (),
     ) -> None:
         name = f"child{next(_names)}"
         self._socket_path = workdir / f"{name}.sock"
@@ -62,7 +68,7 @@ class Child:
         with self._output_path.open("wb") as output:
             self.spawned_at = time.monotonic()
             self.process = subprocess.Popen(
-                [sys.executable, *argv],
+                [*wrapper, sys.executable, *argv],
                 cwd=workdir,
                 env=environment,
                 stdin=subprocess.DEVNULL,

@@ -3,6 +3,7 @@ figures of a one-round run on a shared machine mean nothing; see benchmarks/RESU
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,24 @@ def test_the_benchmark_command_prints_its_table_and_writes_its_results(tmp_path:
     for title in SECTIONS:
         assert f"[{title}]" in done.stdout
         assert f"## {title}" in written
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_an_instruction_count_is_the_same_from_one_run_to_the_next(tmp_path: Path) -> None:
+    """What makes the count worth showing beside the time: a rerun gives the same figure,
+    and more work gives a larger one."""
+    from benchmarks.startup import _instructions
+
+    small = _instructions(["-c", "pass"], tmp_path)
+    large = _instructions(["-c", "sum(range(10**6))"], tmp_path)
+    first, second = (small(1)["instructions"] for _ in range(2))
+    assert abs(first - second) / first < 0.01
+    assert large(1)["instructions"] > first + 10**7  # a million additions, tens of millions
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_an_instruction_count_of_a_failed_process_is_refused(tmp_path: Path) -> None:
+    from benchmarks.startup import _instructions
+
+    with pytest.raises(RuntimeError, match="exited with status 3"):
+        _instructions(["-c", "raise SystemExit(3)"], tmp_path)(1)
