@@ -523,6 +523,8 @@ class Runtime:
             return
         self._set_state(RuntimeState.DRAINING)
         emit(LOG_ID, "notice", f"draining for {self.drain:g} s before terminating")
+        if not self._abandoning:  # a stop just before the drain was due did not count it
+            self._arm_shutdown_alarm(self.drain)
         self._act_on_signals()  # a second stop signal that came already ends it at once
         with self._end_drain:
             await trio.sleep(self.drain)
@@ -862,15 +864,20 @@ class Runtime:
         self._stop_monotonic = time.monotonic()
         if self._trio_thread is not None and threading.get_ident() == self._trio_thread:
             self._stop_time = trio.current_time()
-        if self._watchdog is not None:
-            drain = self.drain if self._drain_due else 0.0
-            self._watchdog.set_alarm(
-                self._stop_monotonic + drain + self.shutdown_timeout + GRACE,
-                lambda: self._overran(
-                    f"the shutdown did not end within the shutdown timeout of "
-                    f"{self.shutdown_timeout:g} s and {GRACE:g} s of grace"
-                ),
-            )
+        self._arm_shutdown_alarm(self.drain if self._drain_due else 0.0)
+
+    def _arm_shutdown_alarm(self, drain: float) -> None:
+        """Have the watchdog end the run ``drain`` seconds, the shutdown timeout and GRACE
+        after the stop request, if the loop has not ended it by then."""
+        if self._watchdog is None or self._stop_monotonic is None:
+            return
+        self._watchdog.set_alarm(
+            self._stop_monotonic + drain + self.shutdown_timeout + GRACE,
+            lambda: self._overran(
+                f"the shutdown did not end within the shutdown timeout of "
+                f"{self.shutdown_timeout:g} s and {GRACE:g} s of grace"
+            ),
+        )
 
     def _cut_shutdown_short(self) -> None:
         """A second stop signal: the process ends within GRACE, whatever plugins do."""

@@ -15,6 +15,7 @@ import pluggy
 import pytest
 import trio
 import trio.testing
+from loguru import logger
 
 from oversip_hooks import (
     CallbackRegistry,
@@ -539,6 +540,41 @@ async def test_the_shutdown_timeout_counts_from_the_end_of_the_drain(
     assert status == 0
     assert closed_at == [stopped_at + 14]
     assert not lifecycle.shutdown_overruns
+
+
+@pytest.mark.slow
+async def test_a_stop_the_moment_running_is_announced_drains_within_the_watchdogs_bound(
+    lifecycle: LifecycleHarness,
+) -> None:
+    """A stop sent by whoever reads the "running" line (an operator's script, a probe)
+    drains, and the watchdog's bound on the shutdown counts the drain: it once set that
+    bound without it when the stop came between the line and the drain becoming due, and
+    ended the run in the middle of the drain. Real time: the watchdog is a thread."""
+    plugin = Drained()
+    lifecycle.register(plugin, name="drained")
+    # Without the drain, the bound would fall 1.1 s after the stop, inside the drain.
+    runtime = Runtime(
+        lifecycle.pm,
+        handle_signals=False,
+        callbacks=lifecycle.callbacks,
+        drain=1.5,
+        shutdown_timeout=0.1,
+    )
+    lifecycle.watch(runtime)
+
+    def stop_when_running_is_said(message: Any) -> None:
+        if message.record["message"] == "running":  # in the emitting call, as a reader would
+            runtime.signal_received(signal.SIGTERM)
+
+    sink = logger.add(stop_when_running_is_said, level="TRACE")
+    try:
+        status = await runtime.run()
+    finally:
+        logger.remove(sink)
+    assert status == 0
+    assert not lifecycle.shutdown_overruns
+    assert "NOTICE: <runtime> draining for 1.5 s before terminating" in lifecycle.lines
+    assert plugin.terminated_error is False
 
 
 async def test_there_is_no_drain_on_an_error_or_before_the_start_completed(
