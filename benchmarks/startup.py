@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from ._report import Section, compare
 # the same from one run to the next to 0.1%, where the time of a start on a shared machine
 # moved the check figure from 1.19x to 1.30x between two runs of one commit. Shown beside
 # the time, which the targets are about, where valgrind is installed.
-COUNTER = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+COUNTER = "valgrind"
 
 READY_LIMIT = 1.2
 CHECK_LIMIT = 1.2
@@ -89,15 +88,29 @@ def _instructions(argv: Sequence[str], workdir: Path) -> Variant:
     def measure(count: int) -> Mapping[str, float]:
         total = 0
         for _ in range(count):
-            with Child(argv, workdir, wrapper=COUNTER) as child:
+            # Read from callgrind's own file, not its messages, which VALGRIND_OPTS or a
+            # ~/.valgrindrc may silence (-q) or send elsewhere (--log-file).
+            counts = workdir / "callgrind.out"
+            wrapper = [COUNTER, "--tool=callgrind", f"--callgrind-out-file={counts}"]
+            with Child(argv, workdir, wrapper=wrapper) as child:
                 status, _ = child.exit()
-                counted = re.search(r"^==\d+== Collected : (\d+)$", child.output(), re.M)
-                if status != 0 or counted is None:
-                    child.fail(f"exited with status {status}, or callgrind counted nothing")
-                total += int(counted[1])
+                if status != 0:
+                    child.fail(f"exited with status {status}")
+                total += _instructions_in(counts, child)
         return {"instructions": total / count}
 
     return measure
+
+
+def _instructions_in(counts: Path, child: Child) -> int:
+    """The ``Ir`` column of the ``summary:`` line of a callgrind output file: instructions
+    read, whatever other events (cache misses, branches) were counted beside them."""
+    lines = counts.read_text().splitlines() if counts.exists() else []
+    events = next((line.split()[1:] for line in lines if line.startswith("events:")), [])
+    summary = next((line.split()[1:] for line in lines if line.startswith("summary:")), [])
+    if "Ir" not in events or len(summary) != len(events):
+        child.fail(f"callgrind wrote no count of instructions to {counts}")
+    return int(summary[events.index("Ir")])
 
 
 def millions(value: float) -> str:
@@ -121,7 +134,7 @@ def run(profile: Profile) -> Section:
         samples = interleave(
             variants, rounds=profile.startup_rounds, budget=math.inf, min_sample=0.0
         )
-        counted = profile.count_instructions and shutil.which(COUNTER[0]) is not None
+        counted = profile.count_instructions and shutil.which(COUNTER) is not None
         if counted:  # once each, the bytecode cache filled by now: a count does not vary
             for name, argv in (("check", check), ("floor", floor)):
                 instructions = _instructions(argv, workdir)(1)["instructions"]

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(main(["check", "server.py"]))
     """
     with signals_caught(then_ignore=argv is None) as catcher:
-        words = sys.argv[1:] if argv is None else argv
+        words = list(sys.argv[1:] if argv is None else argv)  # read twice
         options = _parser(words).parse_args(words)
         command: _Command = options.command
         try:

@@ -65,3 +65,19 @@ def test_an_instruction_count_of_a_failed_process_is_refused(tmp_path: Path) -> 
 
     with pytest.raises(RuntimeError, match="exited with status 3"):
         _instructions(["-c", "raise SystemExit(3)"], tmp_path)(1)
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_an_instruction_count_is_read_whatever_valgrinds_options_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quiet, its messages sent to a file, other events counted beside the instructions:
+    the count is still found, and is still that of the instructions."""
+    from benchmarks.startup import _instructions
+
+    plain = _instructions(["-c", "pass"], tmp_path)(1)["instructions"]
+    monkeypatch.setenv(
+        "VALGRIND_OPTS", f"-q --log-file={tmp_path / 'valgrind.log'} --cache-sim=yes"
+    )
+    other = _instructions(["-c", "pass"], tmp_path)(1)["instructions"]
+    assert abs(other - plain) / plain < 0.01

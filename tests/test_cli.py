@@ -548,7 +548,7 @@ def test_the_parsers_own_options_take_no_value() -> None:
     from oversip_hooks._cli import _parser
 
     parser = _parser([])
-    assert [action.nargs for action in parser._actions if action.option_strings] == [0, 0]
+    assert all(action.nargs == 0 for action in parser._actions if action.option_strings)
 
 
 # -- logging -------------------------------------------------------------------------------
