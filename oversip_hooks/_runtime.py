@@ -518,13 +518,14 @@ class Runtime:
                 await self._shut_down()
 
     async def _drain(self) -> None:
-        if not (self._drain_due and self._stop_requested and not self._error):
+        if not (
+            self._drain_due and self._stop_requested and not self._error and not self._abandoning
+        ):
             self._drain_due = False
+            self._arm_shutdown_alarm(0.0)  # the stop request may have counted a drain
             return
         self._set_state(RuntimeState.DRAINING)
         emit(LOG_ID, "notice", f"draining for {self.drain:g} s before terminating")
-        if not self._abandoning:  # a stop just before the drain was due did not count it
-            self._arm_shutdown_alarm(self.drain)
         self._act_on_signals()  # a second stop signal that came already ends it at once
         with self._end_drain:
             await trio.sleep(self.drain)
@@ -868,15 +869,29 @@ class Runtime:
 
     def _arm_shutdown_alarm(self, drain: float) -> None:
         """Have the watchdog end the run ``drain`` seconds, the shutdown timeout and GRACE
-        after the stop request, if the loop has not ended it by then."""
+        after the stop request, if the loop has not ended it by then; a shutdown cut short
+        by a stop signal keeps its nearer bound, even one that came as this was set."""
         if self._watchdog is None or self._stop_monotonic is None:
             return
-        self._watchdog.set_alarm(
-            self._stop_monotonic + drain + self.shutdown_timeout + GRACE,
-            lambda: self._overran(
-                f"the shutdown did not end within the shutdown timeout of "
-                f"{self.shutdown_timeout:g} s and {GRACE:g} s of grace"
-            ),
+        deadline = self._stop_monotonic + drain + self.shutdown_timeout + GRACE
+        self._watchdog.set_alarm(deadline, self._shutdown_overdue)
+        if self._abandoning:
+            self._cut_shutdown_short()
+
+    def _shutdown_overdue(self) -> None:
+        """In the watchdog's thread, at the bound on the shutdown. A stop request that
+        came as the drain became due (one sent by whatever read the "running" line) may
+        have set the bound without the drain: a drain due or running moves it to its own."""
+        stopped = self._stop_monotonic
+        if self._drain_due and not self._abandoning and stopped is not None:
+            deadline = stopped + self.drain + self.shutdown_timeout + GRACE
+            if time.monotonic() < deadline:
+                assert self._watchdog is not None  # it rang
+                self._watchdog.set_alarm(deadline, self._shutdown_overdue)
+                return
+        self._overran(
+            f"the shutdown did not end within the shutdown timeout of "
+            f"{self.shutdown_timeout:g} s and {GRACE:g} s of grace"
         )
 
     def _cut_shutdown_short(self) -> None:

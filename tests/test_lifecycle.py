@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pluggy
@@ -542,14 +542,31 @@ async def test_the_shutdown_timeout_counts_from_the_end_of_the_drain(
     assert not lifecycle.shutdown_overruns
 
 
+@contextlib.contextmanager
+def stop_signals_when_running_is_said(runtime: Runtime, count: int) -> Iterator[None]:
+    """Send ``count`` SIGTERMs from within the call that logs "running", as a script that
+    reads that line and stops the runtime at once would, before anything else runs."""
+
+    def send(message: Any) -> None:
+        if message.record["message"] == "running":
+            for _ in range(count):
+                runtime.signal_received(signal.SIGTERM)
+
+    sink = logger.add(send, level="TRACE")
+    try:
+        yield
+    finally:
+        logger.remove(sink)
+
+
 @pytest.mark.slow
 async def test_a_stop_the_moment_running_is_announced_drains_within_the_watchdogs_bound(
     lifecycle: LifecycleHarness,
 ) -> None:
-    """A stop sent by whoever reads the "running" line (an operator's script, a probe)
-    drains, and the watchdog's bound on the shutdown counts the drain: it once set that
-    bound without it when the stop came between the line and the drain becoming due, and
-    ended the run in the middle of the drain. Real time: the watchdog is a thread."""
+    """A stop sent by whoever reads the "running" line drains, and the watchdog's bound on
+    the shutdown counts the drain: it once set that bound without it when the stop came
+    between the line and the drain becoming due, and ended the run in the middle of the
+    drain. Real time: the watchdog is a thread."""
     plugin = Drained()
     lifecycle.register(plugin, name="drained")
     # Without the drain, the bound would fall 1.1 s after the stop, inside the drain.
@@ -561,20 +578,30 @@ async def test_a_stop_the_moment_running_is_announced_drains_within_the_watchdog
         shutdown_timeout=0.1,
     )
     lifecycle.watch(runtime)
-
-    def stop_when_running_is_said(message: Any) -> None:
-        if message.record["message"] == "running":  # in the emitting call, as a reader would
-            runtime.signal_received(signal.SIGTERM)
-
-    sink = logger.add(stop_when_running_is_said, level="TRACE")
-    try:
+    with stop_signals_when_running_is_said(runtime, 1):
         status = await runtime.run()
-    finally:
-        logger.remove(sink)
     assert status == 0
     assert not lifecycle.shutdown_overruns
     assert "NOTICE: <runtime> draining for 1.5 s before terminating" in lifecycle.lines
     assert plugin.terminated_error is False
+
+
+async def test_stop_signals_that_abandon_the_shutdown_before_the_drain_skip_it(
+    lifecycle: LifecycleHarness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Two stop signals before the drain was due: the second abandons the shutdown (a
+    third during a drain would), and an abandoned shutdown does not drain first."""
+    plugin = Drained()
+    lifecycle.register(plugin, name="drained")
+    runtime = Runtime(lifecycle.pm, handle_signals=False, callbacks=lifecycle.callbacks, drain=10)
+    lifecycle.watch(runtime)
+    with stop_signals_when_running_is_said(runtime, 2):
+        status = await runtime.run()
+    assert status == 1
+    assert [overrun.abandoned for overrun in lifecycle.shutdown_overruns] == [True]
+    assert RuntimeState.DRAINING not in lifecycle.states
+    assert plugin.terminated_at is None  # what is left of an abandoned shutdown is skipped
+    assert "draining" not in "\n".join(lifecycle.lines)
 
 
 async def test_there_is_no_drain_on_an_error_or_before_the_start_completed(
