@@ -52,6 +52,10 @@ def mebibytes(value: float) -> str:
     return f"{value:.3g} MiB"
 
 
+def millions(value: float) -> str:
+    return f"{value / 1e6:.1f} M"
+
+
 def compare(
     samples: Samples,
     figure: str,

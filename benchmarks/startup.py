@@ -19,7 +19,7 @@ from tempfile import TemporaryDirectory
 
 from ._measure import Profile, Variant, interleave
 from ._process import Child, run_command, until_ready
-from ._report import Section, compare
+from ._report import Section, compare, millions
 
 # Every instruction a process runs from its start to its exit, as callgrind counts them:
 # the same from one run to the next to 0.1%, where the time of a start on a shared machine
@@ -111,10 +111,6 @@ def _instructions_in(counts: Path, child: Child) -> int:
     if "Ir" not in events or len(summary) != len(events):
         child.fail(f"callgrind wrote no count of instructions to {counts}")
     return int(summary[events.index("Ir")])
-
-
-def millions(value: float) -> str:
-    return f"{value / 1e6:.1f} M"
 
 
 def run(profile: Profile) -> Section:

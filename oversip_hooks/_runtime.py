@@ -871,23 +871,25 @@ class Runtime:
         """Have the watchdog end the run ``drain`` seconds, the shutdown timeout and GRACE
         after the stop request, if the loop has not ended it by then; a shutdown cut short
         by a stop signal keeps its nearer bound, even one that came as this was set."""
-        if self._watchdog is None or self._stop_monotonic is None:
+        deadline = self._shutdown_bound(drain)
+        if self._watchdog is None or deadline is None:
             return
-        deadline = self._stop_monotonic + drain + self.shutdown_timeout + GRACE
         self._watchdog.set_alarm(deadline, self._shutdown_overdue)
         if self._abandoning:
             self._cut_shutdown_short()
+
+    def _shutdown_bound(self, drain: float) -> float | None:
+        stopped = self._stop_monotonic
+        return None if stopped is None else stopped + drain + self.shutdown_timeout + GRACE
 
     def _shutdown_overdue(self) -> None:
         """In the watchdog's thread, at the bound on the shutdown. A stop request that
         came as the drain became due (one sent by whatever read the "running" line) may
         have set the bound without the drain: a drain due or running moves it to its own."""
-        stopped = self._stop_monotonic
-        if self._drain_due and not self._abandoning and stopped is not None:
-            deadline = stopped + self.drain + self.shutdown_timeout + GRACE
-            if time.monotonic() < deadline:
-                assert self._watchdog is not None  # it rang
-                self._watchdog.set_alarm(deadline, self._shutdown_overdue)
+        if self._drain_due and not self._abandoning:
+            deadline = self._shutdown_bound(self.drain)
+            if deadline is not None and time.monotonic() < deadline:
+                self._arm_shutdown_alarm(self.drain)
                 return
         self._overran(
             f"the shutdown did not end within the shutdown timeout of "

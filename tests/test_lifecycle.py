@@ -1015,8 +1015,6 @@ def test_hooks_the_runtime_cannot_honour_are_refused(lifecycle, marks, message):
 
 
 def test_no_log_line_is_lost_on_the_fatal_path(tmp_path):
-    from loguru import logger
-
     from oversip_hooks import run
 
     class Fails:
