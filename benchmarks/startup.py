@@ -91,6 +91,7 @@ def _instructions(argv: Sequence[str], workdir: Path) -> Variant:
             # Read from callgrind's own file, not its messages, which VALGRIND_OPTS or a
             # ~/.valgrindrc may silence (-q) or send elsewhere (--log-file).
             counts = workdir / "callgrind.out"
+            counts.unlink(missing_ok=True)  # never the count of the run before
             wrapper = [COUNTER, "--tool=callgrind", f"--callgrind-out-file={counts}"]
             with Child(argv, workdir, wrapper=wrapper) as child:
                 status, _ = child.exit()
